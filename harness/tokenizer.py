@@ -1,0 +1,125 @@
+"""The pinned BPE tokenizer: trained with rustbpe, used through tiktoken, identified by a content digest.
+
+    tok = train_tokenizer(texts, vocab_size=4096)     # rustbpe learns the merges
+    ids = tok.encode("Hello", prepend_bos=True)      # tiktoken encodes
+    tok.save(path); Tokenizer.load(path)             # a small JSON file; tok.digest identifies it
+
+The vocabulary is 256 byte tokens, then the learned merges, then the special tokens at the end (the
+first special token is ``<|bos|>``), as in the reference (nanochat-recipe.md, Tokenizer).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import tiktoken
+import torch
+
+# GPT-4's split pattern with numbers split into groups of at most two digits (nanochat-recipe.md).
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+# Nine special tokens, the first being BOS; the others are the reference's chat tokens, kept so that
+# vocabulary ids match the reference layout.
+SPECIAL_TOKENS = [
+    "<|bos|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|python_start|>",
+    "<|python_end|>",
+    "<|output_start|>",
+    "<|output_end|>",
+]
+FORMAT_VERSION = 1
+
+
+class Tokenizer:
+    """A tiktoken encoding plus the facts the harness needs: BOS id, per-token byte lengths, digest."""
+
+    def __init__(self, mergeable_ranks: dict[bytes, int], pattern: str = SPLIT_PATTERN, name: str = "speedrun"):
+        self.mergeable_ranks = mergeable_ranks
+        self.pattern = pattern
+        n = len(mergeable_ranks)
+        special = {token: n + i for i, token in enumerate(SPECIAL_TOKENS)}
+        self.encoding = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=special)
+        self.bos_token_id = special["<|bos|>"]
+        self.vocab_size = n + len(SPECIAL_TOKENS)
+
+    # -- encoding ----------------------------------------------------------------------------------
+
+    def encode(self, text: str, prepend_bos: bool = False) -> list[int]:
+        """Encode ordinary text (special-token strings in it are treated as plain text)."""
+        ids = self.encoding.encode_ordinary(text)
+        return [self.bos_token_id, *ids] if prepend_bos else ids
+
+    def encode_batch(self, texts: list[str], prepend_bos: bool = False, num_threads: int = 8) -> list[list[int]]:
+        batch = self.encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+        if prepend_bos:
+            for ids in batch:
+                ids.insert(0, self.bos_token_id)
+        return batch
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.encoding.decode(list(ids))
+
+    def token_bytes(self) -> torch.Tensor:
+        """UTF-8 byte length of every token id (int64, length vocab_size); special tokens count 0 bytes."""
+        lengths = torch.zeros(self.vocab_size, dtype=torch.int64)
+        for token, rank in self.mergeable_ranks.items():
+            lengths[rank] = len(token)
+        return lengths
+
+    # -- identity and storage ----------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        ranks = sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1])
+        return {
+            "format_version": FORMAT_VERSION,
+            "pattern": self.pattern,
+            "special_tokens": SPECIAL_TOKENS,
+            "ranks": [base64.b64encode(token).decode("ascii") for token, _ in ranks],
+        }
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: equal digests mean identical tokenization."""
+        payload = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(payload).hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        from harness.fileio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format_version") != FORMAT_VERSION or data.get("special_tokens") != SPECIAL_TOKENS:
+                raise ValueError("unknown format version or special tokens")
+            ranks = {base64.b64decode(token): rank for rank, token in enumerate(data["ranks"])}
+            return cls(ranks, pattern=data["pattern"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"tokenizer file {path} is unreadable ({exc}); delete it to retrain") from exc
+
+
+def train_tokenizer(texts: Iterator[str] | Iterable[str], vocab_size: int) -> Tokenizer:
+    """Learn BPE merges with rustbpe so that the vocabulary, special tokens included, has ``vocab_size`` ids.
+
+    Deterministic: the same texts in the same order give the same merges.
+    """
+    import rustbpe
+
+    if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
+        raise ValueError(f"vocab_size={vocab_size} is too small: need at least {256 + len(SPECIAL_TOKENS) + 1}")
+    trainer = rustbpe.Tokenizer()
+    trainer.train_from_iterator(iter(texts), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
+    return Tokenizer(ranks, pattern=trainer.get_pattern())
