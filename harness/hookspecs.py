@@ -121,7 +121,8 @@ def build_optimizer(model: torch.nn.Module, plan: Plan, run: Run) -> torch.optim
     """Return one optimizer whose parameter groups hold every trainable parameter exactly once.
 
     ``model`` is the bare module (not wrapped for distribution). Gradients arrive already averaged over
-    ranks, so the optimizer needs no communication of its own.
+    ranks, so the optimizer needs no communication of its own. All of its state must live in
+    ``state_dict()``: the harness restores it after the untimed warm-up steps and saves it in checkpoints.
     """
 
 
