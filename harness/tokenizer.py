@@ -47,7 +47,9 @@ class Tokenizer:
         self.pattern = pattern
         n = len(mergeable_ranks)
         special = {token: n + i for i, token in enumerate(SPECIAL_TOKENS)}
-        self.encoding = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=special)
+        self.encoding = tiktoken.Encoding(
+            name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=special
+        )
         self.bos_token_id = special["<|bos|>"]
         self.vocab_size = n + len(SPECIAL_TOKENS)
 

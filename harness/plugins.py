@@ -1,0 +1,207 @@
+"""Load a submission as a pluggy plugin, with the reference baseline behind it.
+
+    sub = load_submission("submissions/climbmix")      # a folder holding submission.py
+    sub = load_submission("my_entry_point_name")       # or a name in the `speedrun.submissions` group
+    model = sub.hook.build_model(run=run)
+
+Registration order decides who answers: the submission is asked first, then the reference baseline
+(``baselines/nanochat``), then the harness defaults (``harness/defaults.py``). A submission therefore
+implements only the hooks it changes. Misspelt hooks, hooks with unknown arguments and hook functions
+that forgot their ``@hookimpl`` fail here, at load, before any data or model work.
+
+``SPEEDRUN_TRACE_HOOKS=1`` prints every hook call with the implementations pluggy will try.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pluggy
+
+from harness import defaults, hookspecs
+
+HOOKS_FILE = "submission.py"
+ENTRY_POINT_GROUP = "speedrun.submissions"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASELINE_DIR = REPO_ROOT / "baselines" / "nanochat"
+# Files that are part of a submission's identity (its digest); caches and editor droppings are not.
+SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints"}
+SKIP_SUFFIXES = {".pyc", ".pyo"}
+
+
+class SubmissionError(Exception):
+    """A submission cannot be loaded; the message names the file, the problem and the fix."""
+
+
+def hook_names() -> list[str]:
+    return sorted(name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(_, "speedrun_spec"))
+
+
+@dataclass
+class Submission:
+    """A loaded submission: its plugin manager and what identifies it in a record."""
+
+    name: str
+    path: Path  # the folder holding the hooks file
+    module: ModuleType
+    pm: pluggy.PluginManager
+    overrides: list[str]  # hooks the submission itself implements
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+
+    @property
+    def hook(self) -> pluggy.HookRelay:
+        return self.pm.hook
+
+    @property
+    def source_digest(self) -> str:
+        """One digest over the submission folder's files (names and contents)."""
+        lines = "".join(f"{path}\0{digest}\n" for path, digest in sorted(self.files.items()))
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def sources(self) -> dict[str, str]:
+        """The submission's text files, for embedding in the record."""
+        out = {}
+        for rel in sorted(self.files):
+            try:
+                out[rel] = (self.path / rel).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue  # binary files are identified by digest only
+        return out
+
+
+def submission_files(folder: Path) -> dict[str, str]:
+    from harness.fileio import sha256_file
+
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and not SKIP_PARTS & set(rel.parts) and path.suffix not in SKIP_SUFFIXES:
+            files[rel.as_posix()] = sha256_file(path)
+    return files
+
+
+def import_hooks_file(path: Path, module_name: str) -> ModuleType:
+    """Import a submission's hooks file by path, turning any import failure into a SubmissionError."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise SubmissionError(
+            f"could not import submission file {path}: {type(exc).__name__}: {exc}\n"
+            f"Fix the error in that file (run `python {path}` to see the full traceback)."
+        ) from exc
+    return module
+
+
+def resolve(spec: str) -> tuple[str, Path, ModuleType]:
+    """Find a submission by folder path, hooks-file path or entry-point name; import its hooks file."""
+    candidate = Path(spec)
+    if candidate.is_file() and candidate.suffix == ".py":
+        candidate = candidate.parent
+    if candidate.is_dir():
+        hooks_file = candidate / HOOKS_FILE
+        if not hooks_file.is_file():
+            raise SubmissionError(
+                f"{candidate} is a folder but has no {HOOKS_FILE}; put the submission's @hookimpl functions "
+                f"in {hooks_file} (start from `python -m harness.new NAME --from submissions/climbmix`)."
+            )
+        folder = candidate.resolve()
+        name = folder.name
+        if folder == BASELINE_DIR.resolve():
+            import baselines.nanochat.submission as module  # the baseline is one module, never imported twice
+        else:
+            module = import_hooks_file(hooks_file, f"speedrun_submission_{name.replace('-', '_')}")
+        return name, folder, module
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name == spec:
+            try:
+                module = entry_point.load()
+            except Exception as exc:
+                raise SubmissionError(f"entry point {spec!r} ({entry_point.value}) failed to import: {exc}") from exc
+            if hasattr(module, "submission"):  # a package whose hooks live in its submission.py
+                module = module.submission
+            return spec, Path(module.__file__).resolve().parent, module
+    known = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    raise SubmissionError(
+        f"no submission {spec!r}: not a folder with a {HOOKS_FILE} and not an entry point in the "
+        f"{ENTRY_POINT_GROUP!r} group (installed: {', '.join(known) or 'none'}). Pass a folder such as "
+        f"submissions/climbmix."
+    )
+
+
+def check_hook_functions(module: ModuleType, valid: list[str]) -> None:
+    """Reject misspelt hooks and hook-named functions without @hookimpl, naming the file and valid names."""
+    path = getattr(module, "__file__", module.__name__)
+    for attr, value in vars(module).items():
+        if not callable(value) or getattr(value, "__module__", None) != module.__name__:
+            continue
+        marked = hasattr(value, "speedrun_impl")
+        if marked and attr not in valid:
+            close = difflib.get_close_matches(attr, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SubmissionError(
+                f"{path}: unknown hook {attr!r}.{hint} Valid hook names: {', '.join(valid)}. "
+                f"Rename the function (hooks are defined in harness/hookspecs.py)."
+            )
+        if not marked and attr in valid:
+            raise SubmissionError(
+                f"{path}: function {attr!r} has a hook's name but no @hookimpl decorator, so it would be "
+                f"ignored. Add `from harness import hookimpl` and decorate it with @hookimpl."
+            )
+
+
+def trace_hooks(pm: pluggy.PluginManager) -> None:
+    def before(hook_name, hook_impls, kwargs):
+        impls = ", ".join(pm.get_name(impl.plugin) for impl in reversed(hook_impls))
+        args = ", ".join(sorted(kwargs))
+        print(f"[speedrun hook] {hook_name}({args}) -> implementations in call order: {impls}", file=sys.stderr)
+
+    def after(outcome, hook_name, hook_impls, kwargs):
+        result = outcome.exception or outcome.get_result()
+        print(f"[speedrun hook] {hook_name} returned {type(result).__name__}", file=sys.stderr)
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def register(pm: pluggy.PluginManager, module: ModuleType, name: str) -> None:
+    try:
+        pm.register(module, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise SubmissionError(
+            f"{getattr(module, '__file__', name)}: {exc}. A hook implementation may take only the arguments of "
+            f"its spec in harness/hookspecs.py, by the same names."
+        ) from exc
+
+
+def load_submission(spec: str, extra_plugins: list[object] = ()) -> Submission:
+    """Load ``spec`` with the baseline and harness defaults behind it; fail fast on contract errors."""
+    import baselines.nanochat.submission as baseline
+
+    valid = hook_names()
+    name, folder, module = resolve(spec)
+    check_hook_functions(module, valid)
+    pm = pluggy.PluginManager("speedrun")
+    pm.add_hookspecs(hookspecs)
+    register(pm, defaults, "harness-defaults")
+    if module is not baseline:
+        register(pm, baseline, "baseline:nanochat")
+    register(pm, module, f"submission:{name}")
+    for i, plugin in enumerate(extra_plugins):
+        register(pm, plugin, f"observer:{i}")
+    pm.check_pending()
+    if os.environ.get("SPEEDRUN_TRACE_HOOKS", "") not in ("", "0"):
+        trace_hooks(pm)
+    overrides = sorted(attr for attr in valid if hasattr(getattr(module, attr, None), "speedrun_impl"))
+    return Submission(name, folder, module, pm, overrides, submission_files(folder))

@@ -1,0 +1,257 @@
+"""Hardware profiles, the hardware fingerprint and a short calibration, and the eligibility verdict.
+
+A profile fixes what a run on that hardware is: the device, the world size it needs, the sequence length,
+the vocabulary, the evaluation budget, and whether it can set a record. ``8xh100`` is the record profile;
+``gpu`` is any CUDA setup for development; ``cpu`` is the smoke profile that runs end to end in minutes.
+
+    profile = resolve_profile("auto")                   # cpu here, gpu or 8xh100 where CUDA is present
+    problems = hard_mismatches(profile, fingerprint())  # non-empty: refuse the run
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+# The reference evaluates 80 x 524,288 validation tokens (nanochat-recipe.md, Tokenizer).
+REFERENCE_VAL_TOKENS = 80 * 524_288
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    device_type: str  # "cuda" or "cpu"
+    seq_len: int
+    vocab_size: int
+    val_tokens: int  # validation budget for val_bpb
+    core_max_per_task: int  # -1: every record of every task
+    record_eligible: bool
+    world_size: int | None = None  # required world size, None: any
+    gpu_name: str | None = None  # substring the GPU's name must contain
+    min_gpu_memory_gb: float = 0.0
+    default_depth: int | None = None  # None: the submission's own default
+    max_steps: int | None = None
+    max_batch_tokens: int | None = None
+    dataset: str | None = None  # forces the dataset (the smoke profile cannot download real corpora)
+    warmup_steps: int = 10  # untimed steps before the clock starts (compilation, allocator warm-up)
+    eval_every: int = 250  # val_bpb every N steps, as the reference does
+    # Calibration floors for record eligibility: a node slower than this is not a fair 8xH100.
+    min_matmul_tflops: float = 0.0
+    min_memory_gbps: float = 0.0
+
+
+PROFILES = {
+    "8xh100": Profile(
+        name="8xh100",
+        device_type="cuda",
+        seq_len=2048,
+        vocab_size=32768,
+        val_tokens=REFERENCE_VAL_TOKENS,
+        core_max_per_task=-1,
+        record_eligible=True,
+        world_size=8,
+        gpu_name="H100",
+        min_gpu_memory_gb=79.0,
+        # Floors at about 85% of what a healthy H100 SXM measures with the calibration below
+        # (dense bf16 matmul about 700-750 TFLOP/s achieved, HBM3 copy about 2.6-2.9 TB/s).
+        min_matmul_tflops=600.0,
+        min_memory_gbps=2200.0,
+    ),
+    "gpu": Profile(
+        name="gpu",
+        device_type="cuda",
+        seq_len=2048,
+        vocab_size=32768,
+        val_tokens=20 * 524_288,
+        core_max_per_task=-1,
+        record_eligible=False,
+    ),
+    # The smoke profile: d4, 256-token rows, 8k-token steps, 4096-token BPE on the Shakespeare corpus, CORE
+    # capped per task. Sized so that the whole run takes a few minutes on 2 cores (README quickstart).
+    "cpu": Profile(
+        name="cpu",
+        device_type="cpu",
+        seq_len=256,
+        vocab_size=4096,
+        val_tokens=32 * 1024,
+        core_max_per_task=24,
+        record_eligible=False,
+        default_depth=4,
+        max_steps=150,
+        max_batch_tokens=8192,
+        dataset="smoke",
+        warmup_steps=2,
+        eval_every=50,
+    ),
+}
+
+
+def resolve_profile(name: str) -> Profile:
+    if name == "auto":
+        if torch.cuda.is_available():
+            count = torch.cuda.device_count()
+            is_h100 = "H100" in torch.cuda.get_device_name(0)
+            name = "8xh100" if count == 8 and is_h100 else "gpu"
+        else:
+            name = "cpu"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of auto, {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+# ------------------------------------------------------------------------------------------------
+# Fingerprint
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fingerprint() -> dict:
+    """What this machine is: enough to tell two runs' hardware and software apart."""
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+        "gpu_count": 0,
+        "gpus": [],
+    }
+    if torch.cuda.is_available():
+        info["gpu_count"] = torch.cuda.device_count()
+        for i in range(info["gpu_count"]):
+            props = torch.cuda.get_device_properties(i)
+            info["gpus"].append({"name": props.name, "memory_gb": round(props.total_memory / 1e9, 1)})
+        info["cuda"] = torch.version.cuda
+        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available() else None
+        info["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        info["topology"] = _run(["nvidia-smi", "topo", "-m"])
+    return info
+
+
+def hard_mismatches(profile: Profile, fp: dict, world_size: int) -> list[str]:
+    """Reasons this hardware cannot run ``profile`` at all (the run is refused)."""
+    problems = []
+    if profile.device_type == "cuda" and not fp["cuda_available"]:
+        problems.append(f"profile {profile.name!r} needs CUDA GPUs, found none (CPU: {fp['cpu_model']})")
+    if profile.device_type == "cuda" and fp["cuda_available"]:
+        names = sorted({gpu["name"] for gpu in fp["gpus"]})
+        if profile.gpu_name and not all(profile.gpu_name in name for name in names):
+            problems.append(f"profile {profile.name!r} needs {profile.gpu_name} GPUs, found {', '.join(names)}")
+        small = [g for g in fp["gpus"] if g["memory_gb"] < profile.min_gpu_memory_gb]
+        if small:
+            problems.append(
+                f"profile {profile.name!r} needs >= {profile.min_gpu_memory_gb} GB per GPU, "
+                f"found {small[0]['memory_gb']} GB"
+            )
+    if profile.world_size is not None and world_size != profile.world_size:
+        problems.append(
+            f"profile {profile.name!r} needs world size {profile.world_size} (torchrun --nproc_per_node=8), "
+            f"got {world_size}"
+        )
+    return problems
+
+
+def describe_hardware(fp: dict) -> str:
+    if fp["cuda_available"]:
+        return f"{fp['gpu_count']} x {fp['gpus'][0]['name']} ({fp['gpus'][0]['memory_gb']} GB)"
+    return f"no GPU; CPU {fp['cpu_model']} with {fp['cpu_count']} cores"
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibration: a few seconds of standard work, stored with every result so slow nodes are visible
+
+
+def _timed(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def calibrate(device: torch.device, world_size: int = 1) -> dict:
+    """Matmul throughput, memory bandwidth and (with several ranks) all-reduce bandwidth on ``device``."""
+    on_gpu = device.type == "cuda"
+    n = 8192 if on_gpu else 512
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = _timed(lambda: a @ b, device, repeats=20 if on_gpu else 5)
+    result = {"matmul_dtype": str(dtype).removeprefix("torch."), "matmul_tflops": 2 * n**3 / seconds / 1e12}
+    numel = (1 << 28) if on_gpu else (1 << 22)
+    src = torch.empty(numel, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    seconds = _timed(lambda: dst.copy_(src), device, repeats=20 if on_gpu else 5)
+    result["memory_gbps"] = 2 * src.numel() * 4 / seconds / 1e9  # a copy reads and writes every byte
+    if world_size > 1 and torch.distributed.is_initialized():
+        buf = torch.ones((1 << 26) if on_gpu else (1 << 20), device=device)
+        seconds = _timed(lambda: torch.distributed.all_reduce(buf), device, repeats=5)
+        # Bus bandwidth as nccl-tests defines it for all-reduce: bytes * 2(n-1)/n per second.
+        result["allreduce_busbw_gbps"] = buf.numel() * 4 * 2 * (world_size - 1) / world_size / seconds / 1e9
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def calibration_shortfalls(profile: Profile, calibration: dict) -> list[str]:
+    reasons = []
+    if calibration.get("matmul_tflops", 0.0) < profile.min_matmul_tflops:
+        reasons.append(
+            f"matmul calibration {calibration['matmul_tflops']} TFLOP/s is below the {profile.name} floor of "
+            f"{profile.min_matmul_tflops}"
+        )
+    if calibration.get("memory_gbps", 0.0) < profile.min_memory_gbps:
+        reasons.append(
+            f"memory calibration {calibration['memory_gbps']} GB/s is below the {profile.name} floor of "
+            f"{profile.min_memory_gbps}"
+        )
+    return reasons
+
+
+def profile_dict(profile: Profile) -> dict:
+    return asdict(profile)
+
+
+# Peak dense bf16 FLOP/s by GPU model, for MFU (nanochat-recipe.md, Precision and speed). Order matters:
+# the first key contained in the device name wins ("H100 PCIe" before "H100").
+PEAK_BF16_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "B200": 2.25e15,
+}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of one device, or None where unknown (CPU, unlisted GPUs): MFU is then not reported."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
