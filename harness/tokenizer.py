@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import tiktoken
@@ -125,3 +125,39 @@ def train_tokenizer(texts: Iterator[str] | Iterable[str], vocab_size: int) -> To
     trainer.train_from_iterator(iter(texts), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
     ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
     return Tokenizer(ranks, pattern=trainer.get_pattern())
+
+
+def train_tokenizer_cached(
+    texts: Callable[[], Iterable[str]], vocab_size: int, key: dict, cache: str | Path | None = None
+) -> Tokenizer:
+    """``train_tokenizer(texts(), vocab_size)``, cached on disk: the second call with the same key loads the file.
+
+    ``key`` names what the texts are (for example the dataset digest and how much of it is read); the cache file
+    ``<cache>/tokenizers/<sha256 of key, vocab size, split pattern, special tokens, rustbpe version>.json`` sits
+    beside a ``.meta.json`` with the readable key. ``texts`` is only called on a miss. Processes that call this
+    at once (one per rank) serialise on a file lock, so only the first one trains.
+    """
+    from importlib.metadata import version
+
+    from harness.fileio import atomic_write_json, cache_dir, file_lock
+
+    full_key = {
+        **key,
+        "vocab_size": vocab_size,
+        "pattern": SPLIT_PATTERN,
+        "special_tokens": SPECIAL_TOKENS,
+        "format_version": FORMAT_VERSION,
+        "trainer": f"rustbpe {version('rustbpe')}",
+    }
+    name = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:32]
+    path = Path(cache if cache is not None else cache_dir() / "tokenizers") / f"{name}.json"
+    with file_lock(path):
+        if path.exists():
+            try:
+                return Tokenizer.load(path)
+            except ValueError:
+                pass  # unreadable (for example a different format version): train it again below
+        tokenizer = train_tokenizer(texts(), vocab_size)
+        tokenizer.save(path)
+        atomic_write_json(path.with_suffix(".meta.json"), {**full_key, "digest": tokenizer.digest})
+        return tokenizer
