@@ -1,0 +1,211 @@
+"""The submission contract: loading, fail-fast checks, tracing, and meta-tests that keep docs and tests honest."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness import hookspecs
+from harness.plugins import SubmissionError, hook_names, load_submission
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def write_submission(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "submission.py").write_text(textwrap.dedent(body))
+    return folder
+
+
+def test_submission_implementing_only_build_optimizer_lists_exactly_that_override(tmp_path):
+    folder = write_submission(
+        tmp_path / "only_opt",
+        """
+        import torch
+        from harness import hookimpl
+
+        @hookimpl
+        def build_optimizer(model):
+            return torch.optim.AdamW(model.parameters(), lr=1e-3)
+        """,
+    )
+    sub = load_submission(str(folder))
+    assert sub.overrides == ["build_optimizer"]
+    assert sub.name == "only_opt"
+    assert set(sub.files) == {"submission.py"}
+
+
+def test_the_submission_answers_before_the_baseline_and_the_baseline_fills_the_rest(tmp_path):
+    folder = write_submission(
+        tmp_path / "data_only",
+        """
+        from harness import hookimpl
+
+        @hookimpl
+        def select_dataset():
+            return "fineweb-edu"
+        """,
+    )
+    sub = load_submission(str(folder))
+    impls = [sub.pm.get_name(impl.plugin) for impl in sub.hook.select_dataset.get_hookimpls()]
+    assert impls[-1] == "submission:data_only"  # pluggy calls the last registered first
+    assert "baseline:nanochat" in impls
+    train_step_impls = [sub.pm.get_name(i.plugin) for i in sub.hook.train_step.get_hookimpls()]
+    assert train_step_impls == ["harness-defaults"]
+
+
+def test_misspelt_hook_fails_at_load_naming_the_hook_the_file_and_the_valid_names(tmp_path):
+    folder = write_submission(
+        tmp_path / "typo",
+        """
+        from harness import hookimpl
+
+        @hookimpl
+        def build_optimiser(model):
+            return None
+        """,
+    )
+    with pytest.raises(SubmissionError) as err:
+        load_submission(str(folder))
+    message = str(err.value)
+    assert "build_optimiser" in message
+    assert str(folder / "submission.py") in message
+    assert "Did you mean 'build_optimizer'" in message
+    for name in hook_names():
+        assert name in message
+
+
+def test_hook_named_function_without_decorator_is_rejected(tmp_path):
+    folder = write_submission(tmp_path / "undecorated", "def build_model(run):\n    return None\n")
+    with pytest.raises(SubmissionError, match="no @hookimpl decorator"):
+        load_submission(str(folder))
+
+
+def test_hook_with_an_unknown_argument_is_rejected(tmp_path):
+    folder = write_submission(
+        tmp_path / "badarg",
+        """
+        from harness import hookimpl
+
+        @hookimpl
+        def build_model(run, learning_rate):
+            return None
+        """,
+    )
+    with pytest.raises(SubmissionError, match="learning_rate"):
+        load_submission(str(folder))
+
+
+def test_import_error_names_the_submission_file(tmp_path):
+    folder = write_submission(tmp_path / "broken", "import not_a_module_anywhere\n")
+    with pytest.raises(SubmissionError) as err:
+        load_submission(str(folder))
+    assert str(folder / "submission.py") in str(err.value)
+    assert "not_a_module_anywhere" in str(err.value)
+
+
+def test_unknown_submission_names_the_ways_to_fix_it(tmp_path):
+    with pytest.raises(SubmissionError, match="not a folder"):
+        load_submission("no_such_submission_anywhere")
+    with pytest.raises(SubmissionError, match="has no submission.py"):
+        load_submission(str(tmp_path))
+
+
+def test_entry_point_submission_loads_by_name():
+    sub = load_submission("gpt2")  # registered in pyproject.toml's speedrun.submissions group
+    assert sub.path == REPO / "baselines" / "gpt2"
+    assert "build_model" in sub.overrides
+
+
+def test_misspelt_hook_fails_before_any_data_or_model_work(tmp_path):
+    folder = write_submission(
+        tmp_path / "typo_run",
+        """
+        from harness import hookimpl
+
+        @hookimpl
+        def build_optimiser(model):
+            return None
+        """,
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.run", str(folder), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**__import__("os").environ, "SPEEDRUN_CACHE": str(tmp_path / "cache")},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "build_optimiser" in proc.stderr and "submission.py" in proc.stderr
+    assert not (tmp_path / "cache").exists()  # no data was prepared
+    assert not out.exists()
+
+
+def test_trace_hooks_prints_each_hook_call_with_its_implementations(tmp_path):
+    folder = write_submission(
+        tmp_path / "traced",
+        """
+        from harness import hookimpl
+
+        @hookimpl
+        def select_dataset():
+            return "climbmix"
+        """,
+    )
+    code = textwrap.dedent(
+        f"""
+        from harness.plugins import load_submission
+        from harness.hookspecs import Run
+        sub = load_submission({str(folder)!r})
+        run = Run(profile="cpu", device="cpu", dtype="float32", rank=0, local_rank=0, world_size=1, seed=0,
+                  vocab_size=512, bos_token_id=503, seq_len=64, depth=2)
+        print(sub.hook.select_dataset(run=run))
+        """
+    )
+    env = {**__import__("os").environ, "SPEEDRUN_TRACE_HOOKS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "[speedrun hook] select_dataset(run)" in proc.stderr
+    assert "submission:traced, baseline:nanochat" in proc.stderr
+    assert proc.stdout.strip() == "climbmix"
+
+
+# ---- meta-tests: every hook is documented with its exact signature and has a test
+
+
+def hook_signature(name: str) -> str:
+    sig = inspect.signature(getattr(hookspecs, name))
+    params = ", ".join(f"{p.name}: {p.annotation}" for p in sig.parameters.values())
+    return f"{name}({params}) -> {sig.return_annotation}"
+
+
+@pytest.mark.parametrize("name", hook_names())
+def test_every_hook_is_documented_in_the_readme_contract_with_its_exact_signature(name):
+    readme = (REPO / "README.md").read_text()
+    contract = readme.split("## The contract", 1)[1].split("\n## ", 1)[0]
+    assert f"`{hook_signature(name)}`" in contract, f"README contract lacks `{hook_signature(name)}`"
+    spec = getattr(hookspecs, name)
+    kind = "firstresult" if spec.speedrun_spec["firstresult"] else "observer"
+    assert re.search(rf"\| `{name}` \| .* \| {kind} \|", contract)
+
+
+@pytest.mark.parametrize("name", hook_names())
+def test_every_hook_has_a_test_that_calls_it(name):
+    pattern = re.compile(rf"hook\.{name}\(|def {name}\(|\b{name}\b.*hookimpl|@hookimpl\s+def {name}\(")
+    sources = [p.read_text() for p in TESTS.rglob("test_*.py") if p.name != Path(__file__).name]
+    assert any(pattern.search(src) for src in sources), f"no test outside this file exercises hook {name!r}"
+
+
+def test_every_hookspec_has_a_protocol_docstring():
+    for name in hook_names():
+        doc = inspect.getdoc(getattr(hookspecs, name))
+        assert doc and len(doc) > 40, f"hook {name} needs a docstring saying when it is called and what it returns"

@@ -1,0 +1,210 @@
+"""End-to-end harness runs on the CPU smoke profile: real data, tokenizer, model, clock, CORE and record.
+
+Each run is a real `python -m harness.run` subprocess with a few steps and a small CORE cap, so the whole
+module takes about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.clock import read_events
+from harness.record import validate_record
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--profile", "cpu", "--max-steps", "12", "--max-per-task", "4"]
+
+
+def harness_run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "harness.run", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+
+
+def load_record(out: Path) -> dict:
+    return json.loads((out / "record.json").read_text())
+
+
+def write_submission(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "submission.py").write_text(textwrap.dedent(body))
+    (folder / "README.md").write_text("# test submission\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def climbmix_run(tmp_path_factory, harness_env) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "climbmix"
+    proc = harness_run(["submissions/climbmix", "--out", str(out), "--seed", "3", *FAST], harness_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_smoke_run_writes_a_valid_record_with_full_provenance(climbmix_run):
+    record = load_record(climbmix_run)
+    assert validate_record(record) == []
+    assert record["status"] == "finished"
+    assert record["submission"]["name"] == "climbmix"
+    assert "submission.py" in record["submission"]["sources"]
+    assert record["profile"] == "cpu" and record["run"]["seed"] == 3
+    assert record["steps_completed"] == record["plan"]["num_steps"] == 12
+    assert record["data"]["dataset"] == "smoke" and record["data"]["selected"] == "climbmix"
+    assert record["data"]["tokens_consumed"] == 12 * record["plan"]["total_batch_tokens"]
+    assert len(record["data"]["stream_digest"]) == 64
+    assert record["tokenizer"]["vocab_size"] == 4096
+    assert record["eval_bundle"]["missing_labels"]  # the shared bundle lacks hellaswag, squad, coqa
+    assert record["metrics"]["core"] is None and record["metrics"]["core_label"] == "core_partial"
+    assert len(record["metrics"]["core_tasks"]) == 18
+    assert record["metrics"]["val_bpb"] > 0
+    assert record["training_time_s"] > 0
+    assert record["harness"]["commit"] is None or len(record["harness"]["commit"]) == 40
+    assert record["eligibility"]["eligible"] is False
+    assert any("not the record profile" in r for r in record["eligibility"]["reasons"])
+    assert record["command"][-len(FAST) :] == FAST
+
+
+def test_phase_times_in_the_event_log_add_up_to_the_wall_time(climbmix_run):
+    record = load_record(climbmix_run)
+    events = read_events(climbmix_run / "events.jsonl")
+    assert events[0]["event"] == "run_start" and events[-1]["event"] == "run_stop"
+    stops = [e for e in events if e["event"] == "phase_stop"]
+    phase_total = sum(e["value"]["seconds"] for e in stops)
+    segment = [e for e in events if e["event"] == "train_segment"][-1]["value"]
+    phase_total += segment["train_s"] + segment["log_s"]
+    wall = events[-1]["t"] - events[0]["t"]
+    assert abs(phase_total - wall) <= 0.01 * wall, (phase_total, wall)
+    assert {e["key"] for e in stops} >= {"setup", "build", "warmup", "eval_bpb", "checkpoint", "eval_core"}
+    assert segment["train_s"] == pytest.approx(record["training_time_s"], rel=1e-6)
+
+
+def test_warmup_is_untimed_and_restores_the_initial_state(climbmix_run):
+    events = read_events(climbmix_run / "events.jsonl")
+    names = [e["event"] for e in events]
+    assert "warmup_restored" in names  # the run refuses to continue when the digests differ
+    warmup = next(e for e in events if e["event"] == "phase_stop" and e["key"] == "warmup")
+    record = load_record(climbmix_run)
+    assert record["phases"]["warmup"] == pytest.approx(warmup["value"]["seconds"], abs=1e-5)
+    assert record["training_time_s"] == pytest.approx(record["phases"]["train"])
+
+
+def test_checkpoint_evaluated_in_a_fresh_process_matches_the_training_process(climbmix_run, harness_env):
+    record = load_record(climbmix_run)
+    dump = climbmix_run / "fresh.json"
+    cmd = [sys.executable, "-m", "evals.core", "--checkpoint", str(climbmix_run), "--max-per-task", "4",
+           "--json", str(dump)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=harness_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = json.loads(dump.read_text())
+    assert fresh["per_task"] == record["metrics"]["core_tasks"]
+    assert fresh["core_partial"] == record["metrics"]["core_partial"]
+
+
+def test_only_build_optimizer_submission_runs_and_is_recorded_as_its_only_override(tmp_path, harness_env):
+    folder = write_submission(
+        tmp_path / "only_opt",
+        """
+        import torch
+        from harness import hookimpl
+
+        @hookimpl
+        def build_optimizer(model):
+            return torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95))
+        """,
+    )
+    out = tmp_path / "out"
+    proc = harness_run([str(folder), "--out", str(out), *FAST, "--no-core"], harness_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = load_record(out)
+    assert record["submission"]["overrides"] == ["build_optimizer"]
+    assert record["status"] == "finished"
+
+
+def test_observers_see_every_step_and_the_final_record_and_train_step_can_be_replaced(tmp_path, harness_env):
+    log = tmp_path / "observed.jsonl"
+    folder = write_submission(
+        tmp_path / "observer",
+        f"""
+        import json
+        from harness import hookimpl
+
+        LOG = {str(log)!r}
+
+        @hookimpl
+        def train_step(model, batches, plan, run):
+            total = 0.0
+            batches = list(batches)
+            for inputs, targets in batches:
+                loss = model(inputs, targets)
+                (loss / len(batches)).backward()
+                total += loss.detach()
+            return total / len(batches)
+
+        @hookimpl
+        def log_metrics(step, metrics):
+            with open(LOG, "a") as f:
+                f.write(json.dumps({{"step": step, **{{k: v for k, v in metrics.items() if k != "eta_s"}}}}) + "\\n")
+
+        @hookimpl
+        def run_finished(record):
+            with open(LOG, "a") as f:
+                f.write(json.dumps({{"finished": record["status"]}}) + "\\n")
+        """,
+    )
+    out = tmp_path / "out"
+    proc = harness_run([str(folder), "--out", str(out), *FAST, "--no-core"], harness_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [line["step"] for line in lines if "loss" in line]
+    assert steps == list(range(12))
+    assert lines[-1] == {"finished": "finished"}
+    assert load_record(out)["submission"]["overrides"] == ["log_metrics", "run_finished", "train_step"]
+
+
+def test_time_inside_a_slow_eval_is_excluded_from_training_time(tmp_path, harness_env):
+    folder = write_submission(
+        tmp_path / "slow_eval",
+        """
+        import time
+        from harness import hookimpl
+        from baselines.nanochat import submission as baseline
+
+        @hookimpl
+        def build_model(run):
+            model = baseline.build_model(run)
+            forward = model.forward
+
+            def slow_forward(idx, targets=None):
+                if not model.training:
+                    time.sleep(0.05)  # evals only: training steps run at full speed
+                return forward(idx, targets)
+
+            model.forward = slow_forward
+            return model
+        """,
+    )
+    out = tmp_path / "out"
+    proc = harness_run([str(folder), "--out", str(out), *FAST, "--no-core"], harness_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = load_record(out)
+    evals = record["phases"]["eval_bpb"]
+    assert evals > 1.0  # 3 evals x at least 8 batches x 50 ms
+    assert record["training_time_s"] < record["wall_time_s"] - evals
+    assert record["training_time_s"] == pytest.approx(record["phases"]["train"])
+
+
+def test_record_profile_on_this_machine_exits_at_once_naming_found_and_needed_hardware(tmp_path, harness_env):
+    proc = harness_run(["submissions/climbmix", "--profile", "8xh100", "--out", str(tmp_path / "o")], harness_env, 60)
+    assert proc.returncode == 2
+    assert "no GPU" in proc.stderr and "needs CUDA GPUs" in proc.stderr and "world size 8" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_auto_profile_resolves_to_cpu_without_a_gpu():
+    from harness.profiles import resolve_profile
+
+    assert resolve_profile("auto").name == "cpu"
