@@ -185,7 +185,7 @@ def register(pm: pluggy.PluginManager, module: ModuleType, name: str) -> None:
         ) from exc
 
 
-def load_submission(spec: str, extra_plugins: list[object] = ()) -> Submission:
+def load_submission(spec: str) -> Submission:
     """Load ``spec`` with the baseline and harness defaults behind it; fail fast on contract errors."""
     import baselines.nanochat.submission as baseline
 
@@ -198,8 +198,6 @@ def load_submission(spec: str, extra_plugins: list[object] = ()) -> Submission:
     if module is not baseline:
         register(pm, baseline, "baseline:nanochat")
     register(pm, module, f"submission:{name}")
-    for i, plugin in enumerate(extra_plugins):
-        register(pm, plugin, f"observer:{i}")
     pm.check_pending()
     if os.environ.get("SPEEDRUN_TRACE_HOOKS", "") not in ("", "0"):
         trace_hooks(pm)

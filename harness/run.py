@@ -364,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.wandb and master:
+        from harness.wandb_observer import WandbObserver
+
+        config = {"submission": submission.name, "profile": profile.name, "argv": argv}
+        submission.pm.register(WandbObserver(args.wandb, Path(out).name, config), name="observer:wandb")
     events = EventLog(out / "events.jsonl" if master else None, start=wall_start)
     clock = Clock(device, events)
     events.write("run_start", None, {"submission": submission.name, "profile": profile.name, "argv": argv})
