@@ -1,0 +1,319 @@
+"""Regenerate everything the leaderboard shows from the stored records: run ``python -m leaderboard render``.
+
+    render()            # leaderboard/README.md table, dev/README.md table, each entry's stats.md, index.html
+
+Every number comes from ``leaderboard.stats`` applied to the runs under ``records/`` (and ``dev/records/``)
+plus the reference rows in ``reference.json``; nothing is typed in by hand. Output is deterministic: no
+clock, no randomness, sorted keys, so the same records give byte-identical files (a test checks it).
+
+Entries are judged in filing order: each against the record in force when it was filed, so a later entry
+never changes an earlier verdict except to mark a record "former record" once it is beaten.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.fileio import atomic_write_text
+from leaderboard import stats
+from leaderboard.store import PACKAGE_DIR, TRACK_DIRS, Entry, LeaderboardError, load_entries, record_track_checks
+
+REFERENCE_PATH = PACKAGE_DIR / "reference.json"
+RECORD_COLUMNS = [
+    "#",
+    "time (h)",
+    "CORE (mean ± sd, n)",
+    "val_bpb",
+    "description",
+    "date",
+    "commit",
+    "contributors",
+    "status",
+]
+DEV_COLUMNS = [
+    "#",
+    "profile",
+    "time (h)",
+    "CORE (mean ± sd, n)",
+    "val_bpb",
+    "description",
+    "date",
+    "commit",
+    "contributors",
+    "status",
+]
+DASH = "-"
+
+
+@dataclass
+class Judged:
+    """An entry with its statistics, its status on the board and the record it was judged against."""
+
+    entry: Entry
+    number: int
+    assessment: stats.Assessment
+    status: str
+    against: Entry | None  # the record in force when it was filed (record track only)
+    partial: bool = False  # CORE is core_partial (development board only)
+
+
+def load_reference() -> dict:
+    return json.loads(REFERENCE_PATH.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Judging
+
+
+def _metric(entry: Entry, key: str) -> list[float | None]:
+    return [run.record["metrics"].get(key) for run in entry.runs]
+
+
+def judge_record_track(entries: list[Entry], target: float, first_number: int) -> list[Judged]:
+    judged: list[Judged] = []
+    record: Judged | None = None
+    for i, entry in enumerate(entries):
+        times = [run.record["training_time_s"] for run in entry.runs]
+        record_times = [r.record["training_time_s"] for r in record.entry.runs] if record else None
+        a = stats.assess(times, _metric(entry, "core"), _metric(entry, "val_bpb"), target, record_times)
+        item = Judged(entry, first_number + i, a, a.verdict, record.entry if record else None)
+        if a.beats_record:
+            if record is not None:
+                record.status = f"former record ({record.assessment.verdict})"
+            item.status = f"record ({a.verdict})"
+            record = item
+        judged.append(item)
+    return judged
+
+
+def judge_dev_board(entries: list[Entry], target: float) -> list[Judged]:
+    judged = []
+    for i, entry in enumerate(entries):
+        cores = _metric(entry, "core")
+        partial = any(c is None for c in cores)
+        if partial:
+            cores = _metric(entry, "core_partial")
+        times = [run.record["training_time_s"] for run in entry.runs]
+        a = stats.assess(times, cores, _metric(entry, "val_bpb"), target)
+        why = sorted({c.name for run in entry.runs for c in record_track_checks(run.record) if not c.passed})
+        status = f"development ({', '.join(why)})" if why else "development (record-eligible runs filed here)"
+        judged.append(Judged(entry, i + 1, a, status, None, partial))
+    return judged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cells and tables
+
+
+def _num(x: float | None, digits: int) -> str:
+    return DASH if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _pval(p: float) -> str:
+    return DASH if math.isnan(p) else f"{p:.2e}" if p < 1e-4 else f"{p:.4f}"
+
+
+def _mean_sd(s: stats.Summary | None, digits: int, with_n: bool = False) -> str:
+    if s is None:
+        return DASH
+    text = _num(s.mean, digits) if math.isnan(s.sd) else f"{_num(s.mean, digits)} ± {_num(s.sd, digits)}"
+    return f"{text} (n={s.n})" if with_n else text
+
+
+def _cell_text(text: str) -> str:
+    """One line, and no '|' that would split a markdown cell."""
+    return " ".join(str(text).split()).replace("|", "\\|") or DASH
+
+
+def _entry_row(j: Judged, link: str) -> dict:
+    meta = j.entry.meta
+    core = _mean_sd(j.assessment.core, 4, with_n=True)
+    return {
+        "#": str(j.number),
+        "time (h)": _mean_sd(j.assessment.time_h, 3),
+        "CORE (mean ± sd, n)": f"{core} partial" if j.partial else core,
+        "val_bpb": _mean_sd(j.assessment.val_bpb, 5),
+        "description": f"{_cell_text(meta['description'])} ([stats]({link}))",
+        "date": meta["date"],
+        "commit": (meta.get("commit") or DASH)[:10],
+        "contributors": _cell_text(", ".join(meta["contributors"])),
+        "status": _cell_text(j.status),
+    }
+
+
+def reference_frame(reference: dict) -> pd.DataFrame:
+    rows = [
+        {
+            "#": str(i),
+            "time (h)": f"{row['time_h']:g}",
+            "CORE (mean ± sd, n)": f"{row['core']:.4f} (reported)",
+            "val_bpb": _num(row["val_bpb"], 5),
+            "description": _cell_text(row["description"]),
+            "date": row["date"],
+            "commit": DASH,
+            "contributors": _cell_text(row["contributors"]),
+            "status": reference["status"],
+        }
+        for i, row in enumerate(reference["rows"])
+    ]
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+
+
+def record_frame(judged: list[Judged], reference: dict) -> pd.DataFrame:
+    rows = [_entry_row(j, f"{TRACK_DIRS['record'].as_posix()}/{j.entry.path.name}/stats.md") for j in judged]
+    ours = pd.DataFrame(rows, columns=RECORD_COLUMNS)
+    return pd.concat([reference_frame(reference), ours], ignore_index=True) if rows else reference_frame(reference)
+
+
+def dev_frame(judged: list[Judged]) -> pd.DataFrame:
+    rows = []
+    for j in judged:
+        row = _entry_row(j, f"records/{j.entry.path.name}/stats.md")  # relative to dev/README.md
+        row["profile"] = ", ".join(sorted({run.record["profile"] for run in j.entry.runs}))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=DEV_COLUMNS)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A GitHub markdown table of string cells (pandas' to_markdown would need the tabulate package)."""
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def replace_between(text: str, marker: str, content: str, path: Path) -> str:
+    start, end = f"<!-- leaderboard:{marker}:start -->", f"<!-- leaderboard:{marker}:end -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise LeaderboardError(f"{path} needs exactly one '{start}' followed by one '{end}'; restore them from git")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{content}{end}{tail}"
+
+
+def rule_text(reference: dict) -> str:
+    return (
+        f"In force (from `leaderboard/stats.py`): at least **{stats.MIN_RUNS}** runs with distinct seeds; "
+        f"mean CORE above **{reference['target']['core']}** by a one-sided one-sample t-test with "
+        f"**p < {stats.ALPHA}**; and, when a record exists, mean training time below it by Welch's one-sided "
+        f"t-test with **p < {stats.ALPHA}** and a speedup of at least **{stats.MIN_SPEEDUP}x**.\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-entry stats.md
+
+
+def stats_markdown(j: Judged, target: float) -> str:
+    e, a = j.entry, j.assessment
+    meta = e.meta
+    runs = pd.DataFrame(
+        [
+            {
+                "seed": str(run.seed),
+                "status": run.record["status"],
+                "profile": run.record["profile"],
+                "time (h)": _num(run.record["training_time_s"] / 3600, 4),
+                "CORE": _num(run.record["metrics"].get("core"), 4),
+                "core_partial": _num(run.record["metrics"].get("core_partial"), 4),
+                "val_bpb": _num(run.record["metrics"].get("val_bpb"), 5),
+                "steps": str(run.record["steps_completed"]),
+                "started": run.record["started_at"],
+            }
+            for run in e.runs
+        ]
+    )
+    summary_rows = []
+    for label, s, digits in (
+        ("time (h)", a.time_h, 4),
+        ("CORE" + (" (partial)" if j.partial else ""), a.core, 4),
+        ("val_bpb", a.val_bpb, 5),
+    ):
+        if s is not None:
+            summary_rows.append(
+                {
+                    "metric": label,
+                    "n": str(s.n),
+                    "mean": _num(s.mean, digits),
+                    "sd": _num(s.sd, digits),
+                    "95% CI": f"[{_num(s.ci_low, digits)}, {_num(s.ci_high, digits)}]",
+                }
+            )
+    out = [
+        f"# {meta['name']} ({e.track} track)\n",
+        "Generated by `python -m leaderboard render` from the records in this folder; do not edit.\n",
+        f"- description: {meta['description']}",
+        f"- date: {meta['date']}; harness commit: {meta.get('commit') or DASH}; "
+        f"contributors: {', '.join(meta['contributors']) or DASH}",
+        f"- submission: {meta['submission']} (source digest `{meta['source_digest']}`)",
+        f"- status: {j.status}\n",
+        "## Runs\n",
+        markdown(runs),
+        "## Summary (mean, sample sd, 95% t-interval)\n",
+        markdown(pd.DataFrame(summary_rows, columns=["metric", "n", "mean", "sd", "95% CI"])),
+        "## CORE against the target\n",
+        f"One-sided one-sample t-test, H1: mean CORE > {target}: t = {_num(a.core_t, 3)}, "
+        f"df = {a.core.n - 1 if a.core else DASH}, p = {_pval(a.core_p)}.\n",
+    ]
+    if e.track == "record":
+        out.append("## Time against the record in force when filed\n")
+        c = a.vs_record
+        if c is None or j.against is None:
+            out.append("No record was in force: the first record of the track is judged on CORE alone.\n")
+        else:
+            h = 1 / 3600
+            out.append(
+                f"Record: {j.against.meta['name']} ({j.against.path.name}). Welch's t-test on training time, "
+                f"record minus this entry: difference {_num(c.diff * h, 4)} h, 95% CI [{_num(c.diff_ci_low * h, 4)}, "
+                f"{_num(c.diff_ci_high * h, 4)}] h, t = {_num(c.t, 3)}, df = {_num(c.df, 1)}, p (this entry "
+                f"faster, one-sided) = {_pval(c.p_greater)}, p (two-sided) = {_pval(c.p_value)}. Speedup "
+                f"(record mean / this mean) {_num(c.ratio, 4)}x, 95% Fieller CI [{_num(c.ratio_ci_low, 4)}, "
+                f"{_num(c.ratio_ci_high, 4)}].\n"
+            )
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Everything
+
+
+def render(root: str | Path = PACKAGE_DIR) -> list[Path]:
+    """Regenerate every generated file under ``root``; returns the paths written."""
+    from leaderboard import page  # here: page imports this module
+
+    root = Path(root)
+    reference = load_reference()
+    target = reference["target"]["core"]
+    first_number = len(reference["rows"])
+    record = judge_record_track(load_entries(root, "record"), target, first_number)
+    dev = judge_dev_board(load_entries(root, "dev"), target)
+    written = []
+    for j in record + dev:
+        path = j.entry.path / "stats.md"
+        atomic_write_text(path, stats_markdown(j, target))
+        written.append(path)
+    readme = root / "README.md"
+    if not readme.exists():
+        raise LeaderboardError(f"{readme} is missing; restore it from git (it holds the table markers)")
+    text = readme.read_text(encoding="utf-8")
+    text = replace_between(text, "table", markdown(record_frame(record, reference)), readme)
+    text = replace_between(text, "rule", rule_text(reference), readme)
+    atomic_write_text(readme, text)
+    dev_readme = root / "dev" / "README.md"
+    if not dev_readme.exists():
+        raise LeaderboardError(f"{dev_readme} is missing; restore it from git (it holds the dev table markers)")
+    dev_text = replace_between(dev_readme.read_text(encoding="utf-8"), "dev", markdown(dev_frame(dev)), dev_readme)
+    atomic_write_text(dev_readme, dev_text)
+    index = root / "index.html"
+    atomic_write_text(index, page.build_page(record, dev, reference))
+    return [*written, readme, dev_readme, index]
+
+
+def html_table(df: pd.DataFrame, table_id: str) -> str:
+    """The same table for the web page; cells escaped, markdown links reduced to their text."""
+    clean = df.map(lambda v: str(v).replace("\\|", "|").split(" ([stats](")[0])
+    return clean.to_html(index=False, escape=True, table_id=table_id, classes="board", border=0)

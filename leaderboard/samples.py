@@ -1,0 +1,163 @@
+"""Sample runs and an empty board, for the leaderboard's tests and for trying the commands by hand.
+
+    root = new_board(tmp)                                    # README.md, dev/README.md, track.json (unpinned)
+    run = write_run(tmp / "s1", sample_record(seed=1))      # record.json + events.jsonl as the harness writes
+    python -m leaderboard --root ROOT add RUN_DIR...
+
+The records follow harness/record.schema.json (a test checks them with ``harness.record.validate_record``);
+their numbers are made up and marked so: the submission is called "sample".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+from harness.fileio import atomic_write_json, atomic_write_text
+from leaderboard.store import PACKAGE_DIR, PINNED
+
+# The 22 CORE labels (core-eval.md); per-task values are spread around the run's CORE so that they average to it.
+CORE_LABELS = [
+    "hellaswag_zeroshot", "jeopardy", "bigbench_qa_wikidata", "arc_easy", "arc_challenge", "copa", "commonsense_qa",
+    "piqa", "openbook_qa", "lambada_openai", "hellaswag", "winograd", "winogrande", "bigbench_dyck_languages",
+    "agi_eval_lsat_ar", "bigbench_cs_algorithms", "bigbench_operators", "bigbench_repeat_copy_logic", "squad",
+    "coqa", "boolq", "bigbench_language_identification",
+]  # fmt: skip
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+DATA_DIGEST, TOKENIZER_DIGEST, EVAL_BUNDLE_DIGEST = _digest("data"), _digest("tokenizer"), _digest("eval bundle")
+
+
+def sample_record(
+    seed: int = 1,
+    *,
+    training_time_s: float = 5940.0,
+    core: float | None = 0.262,
+    val_bpb: float | None = 0.718,
+    profile: str = "8xh100",
+    eligible: bool = True,
+    status: str = "finished",
+    resumed: bool = False,
+    missing_labels: tuple[str, ...] = (),
+    source: str = "# sample submission\n",
+    readme: str | None = "# Sample change\n\nMade-up runs for tests.\n",
+    eval_bundle_digest: str = EVAL_BUNDLE_DIGEST,
+    commit: str = "0123456789abcdef0123456789abcdef01234567",
+    started_at: str = "2026-04-01T10:00:00+00:00",
+    name: str = "sample",
+) -> dict:
+    """A finished-run record with the given numbers; a partial bundle gets core None and core_partial."""
+    sources = {"submission.py": source} | ({"README.md": readme} if readme is not None else {})
+    files = {path: _digest(text) for path, text in sorted(sources.items())}
+    labels = [label for label in CORE_LABELS if label not in missing_labels]
+    mean = core if core is not None else 0.2
+    # Offsets that sum to zero, so the per-task centered values average exactly to the run's score.
+    offsets = [0.05 * math.sin(i + seed) for i in range(len(labels))]
+    shift = sum(offsets) / len(offsets)
+    tasks = {
+        label: {"accuracy": 0.5, "centered": mean + off - shift, "evaluated": 100, "correct": 50}
+        for label, off in zip(labels, offsets, strict=True)
+    }
+    partial = bool(missing_labels)
+    steps = 200
+    return {
+        "schema_version": 1,
+        "status": status,
+        "submission": {
+            "name": name,
+            "path": f"submissions/{name}",
+            "source_digest": _digest("".join(f"{p}\0{d}\n" for p, d in sorted(files.items()))),
+            "overrides": ["build_model"],
+            "files": files,
+            "sources": sources,
+        },
+        "harness": {"version": "0.1.0", "commit": commit, "dirty": False},
+        "command": ["python", "-m", "harness.run", "--seed", str(seed)],
+        "started_at": started_at,
+        "finished_at": started_at.replace("T10:", "T12:"),
+        "environment": {"python": "3.11.7", "torch": "2.5.1"},
+        "profile": profile,
+        "fingerprint": {
+            "python": "3.11.7",
+            "torch": "2.5.1",
+            "cpu_model": "sample",
+            "gpu_count": 8,
+            "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_gb": 79.6}] * 8,
+        },  # fmt: skip
+        "calibration": {"matmul_tflops": 720.0, "memory_gbps": 2800.0},
+        "eligibility": {"eligible": eligible, "reasons": [] if eligible else ["calibration below the floor"]},
+        "resumed": resumed,
+        "run": {"seed": seed, "world_size": 8, "dtype": "bfloat16", "depth": 24, "device": "cuda"},
+        "plan": {
+            "num_steps": steps,
+            "total_batch_tokens": 1 << 20,
+            "device_batch": 16,
+            "seq_len": 2048,
+            "grad_accum": 4,
+            "flops_per_token": 4.9e9,
+            "notes": "sample",
+        },  # fmt: skip
+        "data": {
+            "dataset": "climbmix",
+            "digest": DATA_DIGEST,
+            "pinned": True,
+            "stream_digest": _digest(str(seed)),
+            "tokens_consumed": steps << 20,
+        },  # fmt: skip
+        "tokenizer": {"digest": TOKENIZER_DIGEST, "vocab_size": 32768},
+        "eval_bundle": {"path": "eval_bundle", "digest": eval_bundle_digest, "missing_labels": list(missing_labels)},
+        "training_time_s": training_time_s,
+        "wall_time_s": training_time_s + 600.0,
+        "phases": {"train": training_time_s, "eval": 500.0},
+        "steps_completed": steps,
+        "metrics": {
+            "final_loss": 2.5,
+            "val_bpb": val_bpb,
+            "core": None if partial else core,
+            "core_partial": mean,
+            "core_label": "core_partial" if partial else "CORE",
+            "core_tasks": tasks,
+        },
+        "loss_curve": [[s, _loss(s, seed)] for s in range(0, steps, 20)],
+        "error": None,
+    }
+
+
+def _loss(step: int, seed: int) -> float:
+    return round(2.5 + 8.0 / (1 + step / 10) + 0.01 * math.sin(step * 0.7 + seed), 6)
+
+
+def write_run(run_dir: str | Path, record: dict, *, killed: bool = False) -> Path:
+    """Write record.json and an events.jsonl with a train_loss event every 5 steps; ``killed`` leaves a
+    half-written last line, as a run killed mid-write does."""
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / "record.json", record)
+    seed, steps = record["run"]["seed"], record["steps_completed"]
+    events = [{"time": 1.0e9, "t": 0.0, "event": "run_start", "key": None, "value": None}]
+    events += [
+        {"time": 1.0e9 + s, "t": float(s), "event": "train_loss", "key": str(s), "value": _loss(s, seed)}
+        for s in range(0, steps, 5)
+    ]
+    events.append({"time": 1.0e9 + steps, "t": float(steps), "event": "run_stop", "key": None, "value": "finished"})
+    text = "".join(json.dumps(e) + "\n" for e in events)
+    atomic_write_text(run_dir / "events.jsonl", text + ('{"time": 1.0e9, "ev' if killed else ""))
+    return run_dir
+
+
+def new_board(root: str | Path) -> Path:
+    """An empty leaderboard at ``root``: the committed READMEs (with their markers) and an unpinned track.json."""
+    root = Path(root)
+    (root / "dev").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PACKAGE_DIR / "README.md", root / "README.md")
+    shutil.copyfile(PACKAGE_DIR / "dev" / "README.md", root / "dev" / "README.md")
+    track = json.loads((PACKAGE_DIR / "track.json").read_text(encoding="utf-8"))
+    track["record"]["pins"] = dict.fromkeys(PINNED)
+    atomic_write_json(root / "track.json", track)
+    return root
