@@ -1,0 +1,206 @@
+"""Tests of `python -m leaderboard add` (leaderboard/store.py): what it files, what it refuses and why.
+
+    pytest tests/test_leaderboard_store.py
+
+Runs are real directories holding record.json and events.jsonl as the harness writes them
+(leaderboard/samples.py), filed into a fresh board under tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.fileio import file_lock, sha256_file
+from harness.record import validate_record
+from leaderboard.__main__ import main
+from leaderboard.samples import EVAL_BUNDLE_DIGEST, new_board, sample_record, write_run
+from leaderboard.store import LeaderboardError, RejectedRuns, add_entry, load_entries, read_events, read_pins
+
+
+def runs(tmp: Path, seeds=(1, 2, 3), prefix: str = "run", **overrides) -> list[Path]:
+    return [write_run(tmp / f"{prefix}{s}", sample_record(s, **overrides)) for s in seeds]
+
+
+def failed(e: RejectedRuns) -> dict[str, dict[str, str]]:
+    """run -> {failed check name: reason}"""
+    return {run: {c.name: c.reason for c in checks if not c.passed} for run, checks in e.checks.items()}
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Path:
+    return new_board(tmp_path / "board")
+
+
+def test_sample_records_satisfy_the_harness_schema():
+    assert validate_record(sample_record()) == []
+    assert validate_record(sample_record(2, profile="cpu", missing_labels=("squad",), eligible=False)) == []
+
+
+def test_add_files_a_valid_set_byte_for_byte_with_its_metadata(tmp_path, board):
+    given = runs(tmp_path)
+    entry = add_entry(given, root=board, name="fp8-attn", description="fp8 attention", contributors=["Ada", "Alan"])
+    assert entry.path == board / "records" / "2026-04-01_fp8-attn"
+    for run_dir, seed in zip(given, (1, 2, 3), strict=True):
+        for name in ("record.json", "events.jsonl"):
+            assert (entry.path / f"seed-{seed}" / name).read_bytes() == (run_dir / name).read_bytes()
+    meta = json.loads((entry.path / "entry.json").read_text())
+    assert meta["description"] == "fp8 attention" and meta["contributors"] == ["Ada", "Alan"]
+    assert meta["date"] == "2026-04-01" and meta["commit"] == sample_record()["harness"]["commit"]
+    assert meta["runs"][0]["files"]["record.json"] == sha256_file(given[0] / "record.json")
+    assert (entry.path / "writeup.md").read_text() == sample_record()["submission"]["sources"]["README.md"]
+    # The first entry pins the track to its digests.
+    assert read_pins(board)["eval_bundle"] == EVAL_BUNDLE_DIGEST
+
+
+def test_add_refuses_a_run_with_a_different_eval_bundle_digest(tmp_path, board):
+    given = runs(tmp_path, seeds=(1, 2)) + [write_run(tmp_path / "odd", sample_record(3, eval_bundle_digest="e" * 64))]
+    with pytest.raises(RejectedRuns) as e:
+        add_entry(given, root=board)
+    reasons = failed(e.value)
+    assert reasons[str(given[0])] == {} and reasons[str(given[1])] == {}
+    assert set(reasons[str(given[2])]) == {"eval bundle"}
+    assert "eval bundle digest eeeeeeeeeeee" in reasons[str(given[2])]["eval bundle"]
+
+
+def test_add_refuses_runs_whose_eval_bundle_differs_from_the_pinned_track(tmp_path, board):
+    add_entry(runs(tmp_path), root=board)
+    with pytest.raises(RejectedRuns) as e:
+        add_entry(runs(tmp_path, prefix="new", eval_bundle_digest="e" * 64), root=board, name="other")
+    for reasons in failed(e.value).values():
+        assert set(reasons) == {"eval bundle"} and "track.json" in reasons["eval bundle"]
+
+
+def test_add_refuses_a_profile_that_cannot_set_records_and_says_where_it_belongs(tmp_path, board):
+    given = runs(tmp_path, seeds=(1,), prefix="gpu", profile="gpu") + runs(tmp_path, seeds=(2,), eligible=False)
+    with pytest.raises(RejectedRuns) as e:
+        add_entry(given, root=board)
+    reasons = failed(e.value)
+    assert set(reasons[str(given[0])]) == {"profile"} and "--track dev" in reasons[str(given[0])]["profile"]
+    assert set(reasons[str(given[1])]) == {"eligibility"}
+    assert "calibration below the floor" in reasons[str(given[1])]["eligibility"]
+
+
+def test_add_refuses_a_repeated_seed(tmp_path, board):
+    given = runs(tmp_path, seeds=(1, 2)) + [write_run(tmp_path / "again", sample_record(2))]
+    with pytest.raises(RejectedRuns) as e:
+        add_entry(given, root=board)
+    reasons = failed(e.value)
+    assert set(reasons[str(given[2])]) == {"seed"}
+    assert f"seed 2 is also the seed of {given[1]}" in reasons[str(given[2])]["seed"]
+
+
+def test_add_refuses_a_changed_submission_source_and_names_the_file(tmp_path, board):
+    given = runs(tmp_path, seeds=(1, 2)) + [write_run(tmp_path / "edited", sample_record(3, source="# edited\n"))]
+    with pytest.raises(RejectedRuns) as e:
+        add_entry(given, root=board)
+    reasons = failed(e.value)
+    assert set(reasons[str(given[2])]) == {"submission source"}
+    assert "changed: submission.py" in reasons[str(given[2])]["submission source"]
+
+
+def test_add_reports_every_failed_check_of_every_run_and_files_nothing(tmp_path, board):
+    bad = sample_record(1, profile="cpu", status="failed", resumed=True, missing_labels=("squad", "coqa"))
+    bad["metrics"]["core_label"] = "not a label"  # breaks the schema too
+    given = [write_run(tmp_path / "bad", bad), tmp_path / "nowhere"]
+    with pytest.raises(RejectedRuns) as e:
+        add_entry(given, root=board)
+    reasons = failed(e.value)
+    assert {"schema", "profile", "status", "resumed", "full eval bundle"} <= set(reasons[str(given[0])])
+    assert "squad, coqa" in reasons[str(given[0])]["full eval bundle"]
+    assert "core_label" in reasons[str(given[0])]["schema"]
+    assert "missing record.json, events.jsonl" in reasons[str(given[1])]["readable"]
+    assert "bad: rejected" in str(e.value)  # the exception's message lists the reasons too
+    assert load_entries(board, "record") == [] and read_pins(board)["eval_bundle"] is None
+
+
+def test_the_development_board_takes_other_profiles_and_partial_bundles(tmp_path, board):
+    given = runs(tmp_path, seeds=(1, 2), profile="cpu", eligible=False, missing_labels=("squad",), resumed=True)
+    entry = add_entry(given, root=board, track="dev", name="smoke")
+    assert entry.path == board / "dev" / "records" / "2026-04-01_smoke"
+    assert load_entries(board, "record") == [] and read_pins(board)["data"] is None
+
+
+def test_a_killed_runs_half_written_last_event_is_skipped_but_a_damaged_middle_is_refused(tmp_path):
+    run = write_run(tmp_path / "killed", sample_record(), killed=True)
+    events = read_events(run / "events.jsonl")
+    assert events[-1]["event"] == "run_stop"
+    lines = (run / "events.jsonl").read_text().splitlines()
+    (run / "events.jsonl").write_text("\n".join(lines[:3] + ["{oops"] + lines[3:]) + "\n")
+    with pytest.raises(LeaderboardError, match=r"events.jsonl:4: not JSON"):
+        read_events(run / "events.jsonl")
+
+
+def test_a_stored_record_edited_after_filing_is_refused_when_read(tmp_path, board):
+    entry = add_entry(runs(tmp_path), root=board)
+    record = entry.path / "seed-2" / "record.json"
+    record.write_text(record.read_text().replace('"training_time_s": 5940.0', '"training_time_s": 5000.0'))
+    with pytest.raises(LeaderboardError, match="changed after it was filed"):
+        load_entries(board, "record")
+
+
+def test_a_second_entry_with_the_same_date_and_name_is_refused(tmp_path, board):
+    add_entry(runs(tmp_path), root=board)
+    with pytest.raises(LeaderboardError, match="already exists; choose another --name"):
+        add_entry(runs(tmp_path, prefix="more", seeds=(4, 5)), root=board)
+
+
+def test_a_record_entry_needs_a_writeup(tmp_path, board):
+    with pytest.raises(LeaderboardError, match="no README.md.*--writeup FILE"):
+        add_entry(runs(tmp_path, readme=None), root=board)
+
+
+# A separate process that files one entry and prints its filing order (the store alone: a quick import).
+ADD_IN_ANOTHER_PROCESS = (
+    "import sys; from leaderboard.store import add_entry; "
+    "print(add_entry(sys.argv[3:], root=sys.argv[1], name=sys.argv[2]).meta['seq'])"
+)
+
+
+def test_concurrent_adds_wait_for_the_lock_and_get_distinct_filing_order(tmp_path, board):
+    repo = Path(__file__).resolve().parents[1]
+    with file_lock(board / ".add"):  # the lock add takes: while we hold it, nothing may be filed
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    ADD_IN_ANOTHER_PROCESS,
+                    str(board),
+                    f"e{i}",
+                    *map(str, runs(tmp_path, prefix=f"set{i}-", seeds=(1, 2))),
+                ],
+                cwd=repo,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for i in range(3)
+        ]
+        time.sleep(1.0)
+        assert all(p.poll() is None for p in procs)
+        assert not (board / "records").exists()
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    seqs = [int(out) for out, _ in outs]
+    assert sorted(seqs) == [1, 2, 3]
+    assert [e.name for e in load_entries(board, "record")] == [f"e{i}" for i in sorted(range(3), key=seqs.__getitem__)]
+
+
+def test_the_command_line_prints_each_reason_and_exits_1(tmp_path, board, capsys):
+    given = runs(tmp_path, seeds=(1, 1))
+    assert main(["--root", str(board), "add", *map(str, given), "--name", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "refused" in err and "seed: seed 1 is also the seed of" in err
+
+
+def test_the_command_line_files_and_renders_a_valid_set(tmp_path, board, capsys):
+    given = runs(tmp_path)
+    assert main(["--root", str(board), "add", *map(str, given), "--contributors", "Ada, Alan"]) == 0
+    assert "filed 3 runs" in capsys.readouterr().out
+    assert "| Ada, Alan |" in (board / "README.md").read_text()
