@@ -1,0 +1,257 @@
+"""The CORE eval bundle: find it (or download it once), check every file against a committed manifest.
+
+    bundle = resolve_bundle()                 # $SPEEDRUN_EVAL_BUNDLE, else the cache (downloaded if absent)
+    bundle = resolve_bundle("../shared/eval_bundle")
+    bundle.tasks, bundle.missing_labels, bundle.digest
+
+The bundle layout and task table are in core-eval.md. Every file the harness reads (core.yaml,
+eval_meta_data.csv and each task's jsonl) must match its sha256 in ``evals/manifest.json``; a changed file is
+refused with an error naming it. Files the manifest cannot pin (null: the copy it was computed from lacked
+them) get a "first-seen" digest: the first digest seen is written to ``cache_dir()/eval_bundle.first_seen.json``
+and later changes are refused; such files are listed in ``Bundle.first_seen`` and in the results.
+
+A task whose jsonl is absent is not an error: its label goes to ``missing_labels`` and the eval reports a
+partial score, never "CORE".
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness.fileio import atomic_path, atomic_write_json, cache_dir, file_lock, sha256_file
+
+BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
+MANIFEST_PATH = Path(__file__).with_name("manifest.json")
+TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+CONFIG_FILE = "core.yaml"
+META_FILE = "eval_meta_data.csv"
+
+
+class BundleError(RuntimeError):
+    """The eval bundle is absent, unreadable or changed; the message says which file and how to fix it."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One CORE task as core.yaml declares it, with its random baseline (percent) from the csv."""
+
+    label: str
+    task_type: str  # multiple_choice | schema | language_modeling
+    num_fewshot: int
+    delimiter: str
+    dataset_uri: str  # relative to eval_data/
+    path: Path
+    random_baseline: float
+
+
+@dataclass
+class Bundle:
+    """A verified bundle. ``tasks`` holds only the tasks whose file is present, in core.yaml order."""
+
+    root: Path
+    tasks: list[TaskSpec]
+    missing_labels: list[str]
+    digest: str  # sha256 over (path, digest) of every file used: one identity for the record
+    file_digests: dict[str, str]  # relative path -> sha256, for every file used
+    random_baselines: dict[str, float]  # label -> percent, for every label of core.yaml
+    first_seen: list[str] = field(default_factory=list)  # files pinned by first-seen digest, not the manifest
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing_labels)
+
+
+# ------------------------------------------------------------------------------------------------
+# Finding and downloading
+
+
+def resolve_bundle(path: str | Path | None = None) -> Bundle:
+    """Return the verified bundle at ``path``, else $SPEEDRUN_EVAL_BUNDLE, else ``cache_dir()/eval_bundle``.
+
+    The cache copy is downloaded and unzipped once from $SPEEDRUN_EVAL_BUNDLE_URL (default: the upstream
+    zip) under a file lock, so concurrent ranks or runs download it once. Raises BundleError when the
+    bundle is missing or a file differs from the manifest.
+    """
+    if path is None and os.environ.get("SPEEDRUN_EVAL_BUNDLE"):
+        path = os.environ["SPEEDRUN_EVAL_BUNDLE"]
+    if path is not None:
+        root = Path(path).expanduser()
+        if not (root / CONFIG_FILE).is_file():
+            raise BundleError(
+                f"no CORE eval bundle at {root} ({CONFIG_FILE} not found); pass the folder that holds "
+                f"{CONFIG_FILE}, {META_FILE} and eval_data/, or unset SPEEDRUN_EVAL_BUNDLE to download it"
+            )
+    else:
+        root = download_bundle(cache_dir() / "eval_bundle", os.environ.get("SPEEDRUN_EVAL_BUNDLE_URL") or BUNDLE_URL)
+    return load_bundle(root)
+
+
+def download_bundle(dest: Path, url: str = BUNDLE_URL) -> Path:
+    """Download and unzip the bundle to ``dest`` unless it is there; safe to call from many processes at once."""
+    dest = Path(dest)
+    if (dest / CONFIG_FILE).is_file():
+        return dest
+    with file_lock(dest):
+        if (dest / CONFIG_FILE).is_file():  # another process finished while we waited for the lock
+            return dest
+        zip_path = dest.with_name(dest.name + ".zip")
+        try:
+            with (
+                atomic_path(zip_path) as tmp,
+                urllib.request.urlopen(url, timeout=60) as response,
+                open(tmp, "wb") as f,
+            ):
+                shutil.copyfileobj(response, f, 1 << 20)
+        except OSError as exc:
+            raise BundleError(
+                f"could not download the CORE eval bundle from {url} ({exc}); set SPEEDRUN_EVAL_BUNDLE to a local "
+                f"copy of the bundle folder, or SPEEDRUN_EVAL_BUNDLE_URL to a mirror of the zip"
+            ) from exc
+        # Unzip beside dest and rename into place, so dest never holds half a bundle.
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        try:
+            _extract(zip_path, staging, url)
+            found = [p.parent for p in staging.rglob(CONFIG_FILE)]
+            if len(found) != 1:
+                raise BundleError(f"the zip from {url} holds {len(found)} copies of {CONFIG_FILE}, expected one")
+            os.replace(found[0], dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            zip_path.unlink(missing_ok=True)
+    return dest
+
+
+def _extract(zip_path: Path, into: Path, url: str) -> None:
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            for name in archive.namelist():  # refuse members that would land outside the staging folder
+                if not (into / name).resolve().is_relative_to(into.resolve()):
+                    raise BundleError(f"the zip from {url} has an unsafe member path {name!r}")
+            archive.extractall(into)
+    except zipfile.BadZipFile as exc:
+        raise BundleError(f"the download from {url} is not a zip file ({exc}); check SPEEDRUN_EVAL_BUNDLE_URL") from exc
+
+
+# ------------------------------------------------------------------------------------------------
+# Verifying and parsing
+
+
+def load_manifest() -> dict[str, str | None]:
+    return json.loads(MANIFEST_PATH.read_text())["files"]
+
+
+def load_bundle(root: str | Path) -> Bundle:
+    """Verify and parse the bundle at ``root`` (no download)."""
+    root = Path(root)
+    manifest = load_manifest()
+    checker = _Checker(root, manifest)
+    checker.verify(CONFIG_FILE)
+    checker.verify(META_FILE)
+    try:
+        config = yaml.safe_load((root / CONFIG_FILE).read_text())
+        entries = config["icl_tasks"]
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise BundleError(f"{root / CONFIG_FILE} is not a CORE task list ({exc})") from exc
+    random_baselines = _read_baselines(root / META_FILE)
+
+    tasks, missing = [], []
+    for entry in entries:
+        label, rel = entry["label"], f"eval_data/{entry['dataset_uri']}"
+        if label not in random_baselines:
+            raise BundleError(f"{root / META_FILE} has no 'Random baseline' for task {label!r}")
+        if entry["icl_task_type"] not in TASK_TYPES:
+            raise BundleError(
+                f"task {label!r} in {root / CONFIG_FILE} has unknown icl_task_type {entry['icl_task_type']!r}"
+            )
+        if not (root / rel).is_file():
+            missing.append(label)
+            continue
+        checker.verify(rel)
+        tasks.append(
+            TaskSpec(
+                label=label,
+                task_type=entry["icl_task_type"],
+                num_fewshot=int(entry["num_fewshot"][0]),
+                delimiter=entry.get("continuation_delimiter", " "),
+                dataset_uri=entry["dataset_uri"],
+                path=root / rel,
+                random_baseline=random_baselines[label],
+            )
+        )
+    checker.commit_first_seen()
+    lines = "".join(f"{rel} {digest}\n" for rel, digest in sorted(checker.digests.items()))
+    return Bundle(
+        root=root,
+        tasks=tasks,
+        missing_labels=missing,
+        digest=hashlib.sha256(lines.encode()).hexdigest(),
+        file_digests=dict(checker.digests),
+        random_baselines={e["label"]: random_baselines[e["label"]] for e in entries},
+        first_seen=sorted(checker.first_seen_used),
+    )
+
+
+def _read_baselines(path: Path) -> dict[str, float]:
+    with open(path, newline="") as f:
+        return {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(f) if row["Random baseline"]}
+
+
+def first_seen_path() -> Path:
+    return cache_dir() / "eval_bundle.first_seen.json"
+
+
+class _Checker:
+    """Compares files with the manifest, falling back to (and recording) first-seen digests for unpinned ones."""
+
+    def __init__(self, root: Path, manifest: dict[str, str | None]):
+        self.root, self.manifest = root, manifest
+        self.digests: dict[str, str] = {}
+        self.first_seen_used: list[str] = []
+        self.new_first_seen: dict[str, str] = {}
+        path = first_seen_path()
+        self.first_seen = json.loads(path.read_text()) if path.is_file() else {}
+
+    def verify(self, rel: str) -> None:
+        path = self.root / rel
+        if not path.is_file():
+            raise BundleError(f"{path} is missing from the eval bundle; re-download it or point to a complete copy")
+        actual = sha256_file(path)
+        if rel not in self.manifest:
+            raise BundleError(f"{path} is not in {MANIFEST_PATH}: the bundle's {CONFIG_FILE} names an unknown file")
+        expected, source = self.manifest[rel], f"the manifest {MANIFEST_PATH}"
+        if expected is None:
+            self.first_seen_used.append(rel)
+            expected, source = self.first_seen.get(rel), f"its first-seen digest in {first_seen_path()}"
+            if expected is None:
+                self.new_first_seen[rel] = expected = actual
+        if actual != expected:
+            raise BundleError(
+                f"eval bundle file {path} has changed: sha256 {actual}, expected {expected} from {source}; "
+                f"restore the original file (delete the bundle folder to re-download it)"
+            )
+        self.digests[rel] = actual
+
+    def commit_first_seen(self) -> None:
+        if not self.new_first_seen:
+            return
+        path = first_seen_path()
+        with file_lock(path):  # merge with what other processes may have recorded meanwhile
+            current = json.loads(path.read_text()) if path.is_file() else {}
+            for rel, digest in self.new_first_seen.items():
+                if current.setdefault(rel, digest) != digest:
+                    raise BundleError(
+                        f"eval bundle file {self.root / rel} has sha256 {digest}, but {path} recorded "
+                        f"{current[rel]} first; restore the original file"
+                    )
+            atomic_write_json(path, current)
