@@ -67,7 +67,7 @@ function drawHistory() {
   const hs = points.map((p) => p.time_h);
   const yLo = 0, yHi = Math.max(...hs) * 1.1;
   const y = axes(svg, 60, 30, W - 20, H - 40, yLo, yHi, "hours on 8xH100");
-  const x = scale(tLo - 86400e3, tHi + 86400e3, 60, W - 20);
+  const x = scale(tLo - 86400e3, tHi + 86400e3, 60, W - 100);  // room on the right for the last label
   let path = "";
   points.forEach((p, i) => { path += `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p.time_h).toFixed(1)}`; });
   svg.appendChild(el("path", { d: path, fill: "none", stroke: "#bbb" }));
@@ -78,6 +78,10 @@ function drawHistory() {
     svg.appendChild(c);
     svg.appendChild(el("text", { x: x(p.t) + 6, y: y(p.time_h) - 6 }, p.date));
   }
+  svg.appendChild(el("circle", { cx: W - 250, cy: 18, r: 5, fill: "#999" }));
+  svg.appendChild(el("text", { x: W - 242, y: 22 }, "reported by nanochat"));
+  svg.appendChild(el("circle", { cx: W - 80, cy: 18, r: 5, fill: "#d62728" }));
+  svg.appendChild(el("text", { x: W - 72, y: 22 }, "set here"));
   box.replaceChildren(svg);
 }
 
