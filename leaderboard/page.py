@@ -37,7 +37,11 @@ def loss_curve(events: list[dict]) -> list[list[float]]:
 def _entry_data(j: Judged, board: str) -> dict:
     e: Entry = j.entry
     tasks = [
-        {label: task["centered"] for label, task in (run.record["metrics"].get("core_tasks") or {}).items()}
+        {
+            label: task["centered"]
+            for label, task in (run.record["metrics"].get("core_tasks") or {}).items()
+            if isinstance(task.get("centered"), int | float)
+        }
         for run in e.runs
     ]
     return {

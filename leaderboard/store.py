@@ -175,11 +175,16 @@ def check_runs(
     runs: Sequence[Run | LeaderboardError], labels: Sequence[str], track: str, pins: dict[str, str | None]
 ) -> dict[str, list[Check]]:
     """Every check of every run, keyed by label (the run directory as given). A run that could not be read
-    is passed as its LeaderboardError. Cross-run checks compare each run with the first readable one."""
+    is passed as its LeaderboardError. A run that breaks the schema is reported by its schema errors alone;
+    cross-run checks compare each other run with the first well-formed one."""
     if track not in TRACKS:
         raise LeaderboardError(f"unknown track {track!r}; choose one of {', '.join(TRACKS)}")
-    readable = [(label, run) for label, run in zip(labels, runs, strict=True) if isinstance(run, Run)]
-    first_label, first = readable[0] if readable else (None, None)
+    schema_errors = {label: _schema_errors(run.record) for label, run in zip(labels, runs, strict=True)
+                     if isinstance(run, Run)}  # fmt: skip
+    # Cross-run checks compare with the first run that is readable and well-formed.
+    valid = [(label, run) for label, run in zip(labels, runs, strict=True) if label in schema_errors
+             and not schema_errors[label]]  # fmt: skip
+    first_label, first = valid[0] if valid else (None, None)
     seen_seeds: dict[int, str] = {}
     out: dict[str, list[Check]] = {}
     for label, run in zip(labels, runs, strict=True):
@@ -188,33 +193,26 @@ def check_runs(
             continue
         rec = run.record
         checks = [Check("readable", True)]
-        errors = _schema_errors(rec)
+        errors = schema_errors[label]
         checks.append(Check("schema", not errors, "; ".join(errors[:5]) + (" ..." if len(errors) > 5 else "")))
+        if errors:
+            # Fields of the wrong type would make the checks below meaningless (or crash them): the schema
+            # errors are the reasons, and the run is not looked at further.
+            out[label] = checks
+            continue
         if track == "record":
             checks += record_track_checks(rec)
         for section in PINNED:
             checks.append(_digest_check(section, rec, track, pins.get(section), first, first_label))
         checks.append(_source_check(rec, first.record, first_label))
         checks.append(_harness_check(rec, first.record, first_label))
-        if track == "dev" and rec.get("profile") != first.record.get("profile"):
-            checks.append(
-                Check(
-                    "profile",
-                    False,
-                    f"profile {rec.get('profile')!r} but {first_label} ran "
-                    f"{first.record.get('profile')!r}; file each profile as its own entry",
-                )
-            )
-        seed = _get(rec, "run", "seed")
+        if track == "dev" and rec["profile"] != first.record["profile"]:
+            reason = f"profile {rec['profile']!r} but {first_label} ran {first.record['profile']!r}; file each "
+            checks.append(Check("profile", False, reason + "profile as its own entry"))
+        seed = rec["run"]["seed"]
         if seed in seen_seeds:
-            checks.append(
-                Check(
-                    "seed",
-                    False,
-                    f"seed {seed} is also the seed of {seen_seeds[seed]}; each run of an "
-                    "entry must use its own seed (harness --seed)",
-                )
-            )
+            reason = f"seed {seed} is also the seed of {seen_seeds[seed]}; each run of an entry must use its own seed"
+            checks.append(Check("seed", False, reason + " (harness --seed)"))
         else:
             seen_seeds[seed] = label
             checks.append(Check("seed", True))
@@ -321,6 +319,10 @@ def add_entry(
     if not run_dirs:
         raise LeaderboardError("no runs given; pass the run directories the harness wrote (one per seed)")
     labels = [str(d) for d in run_dirs]
+    resolved = [Path(d).resolve() for d in run_dirs]
+    twice = sorted({label for label, path in zip(labels, resolved, strict=True) if resolved.count(path) > 1})
+    if twice:
+        raise LeaderboardError(f"{', '.join(twice)} given more than once; pass each run directory once")
     runs: list[Run | LeaderboardError] = []
     for d in run_dirs:
         try:

@@ -95,6 +95,12 @@ def test_add_refuses_a_repeated_seed(tmp_path, board):
     assert f"seed 2 is also the seed of {given[1]}" in reasons[str(given[2])]["seed"]
 
 
+def test_add_refuses_the_same_run_directory_given_twice(tmp_path, board):
+    given = runs(tmp_path, seeds=(1,))
+    with pytest.raises(LeaderboardError, match="given more than once; pass each run directory once"):
+        add_entry(given * 2, root=board)
+
+
 def test_add_refuses_a_changed_submission_source_and_names_the_file(tmp_path, board):
     given = runs(tmp_path, seeds=(1, 2)) + [write_run(tmp_path / "edited", sample_record(3, source="# edited\n"))]
     with pytest.raises(RejectedRuns) as e:
@@ -105,17 +111,18 @@ def test_add_refuses_a_changed_submission_source_and_names_the_file(tmp_path, bo
 
 
 def test_add_reports_every_failed_check_of_every_run_and_files_nothing(tmp_path, board):
-    bad = sample_record(1, profile="cpu", status="failed", resumed=True, missing_labels=("squad", "coqa"))
-    bad["metrics"]["core_label"] = "not a label"  # breaks the schema too
-    given = [write_run(tmp_path / "bad", bad), tmp_path / "nowhere"]
+    broken = sample_record(1)
+    broken["metrics"]["core_label"] = "not a label"
+    unfit = sample_record(2, profile="cpu", status="failed", resumed=True, missing_labels=("squad", "coqa"))
+    given = [write_run(tmp_path / "broken", broken), write_run(tmp_path / "unfit", unfit), tmp_path / "nowhere"]
     with pytest.raises(RejectedRuns) as e:
         add_entry(given, root=board)
     reasons = failed(e.value)
-    assert {"schema", "profile", "status", "resumed", "full eval bundle"} <= set(reasons[str(given[0])])
-    assert "squad, coqa" in reasons[str(given[0])]["full eval bundle"]
-    assert "core_label" in reasons[str(given[0])]["schema"]
-    assert "missing record.json, events.jsonl" in reasons[str(given[1])]["readable"]
-    assert "bad: rejected" in str(e.value)  # the exception's message lists the reasons too
+    assert set(reasons[str(given[0])]) == {"schema"} and "core_label" in reasons[str(given[0])]["schema"]
+    assert set(reasons[str(given[1])]) == {"profile", "status", "resumed", "full eval bundle"}
+    assert "squad, coqa" in reasons[str(given[1])]["full eval bundle"]
+    assert "missing record.json, events.jsonl" in reasons[str(given[2])]["readable"]
+    assert "unfit: rejected" in str(e.value)  # the exception's message lists the reasons too
     assert load_entries(board, "record") == [] and read_pins(board)["eval_bundle"] is None
 
 
@@ -193,7 +200,7 @@ def test_concurrent_adds_wait_for_the_lock_and_get_distinct_filing_order(tmp_pat
 
 
 def test_the_command_line_prints_each_reason_and_exits_1(tmp_path, board, capsys):
-    given = runs(tmp_path, seeds=(1, 1))
+    given = runs(tmp_path, seeds=(1,), prefix="a") + runs(tmp_path, seeds=(1,), prefix="b")
     assert main(["--root", str(board), "add", *map(str, given), "--name", "x"]) == 1
     err = capsys.readouterr().err
     assert "refused" in err and "seed: seed 1 is also the seed of" in err
