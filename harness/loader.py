@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import os
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 STATE_VERSION = 1
+THREADS = min(4, os.cpu_count() or 1)  # tokenizer threads per rank: the reference's 4, fewer on small machines
 REFILL_DOCS = 128  # documents added to the buffer at a time, as the reference's tokenizer batches
 TEXT_COLUMN = "text"
 
@@ -242,7 +244,7 @@ class TrainLoader:
         device: str = "cpu",
         seed: int = 0,
         buffer_docs: int = 1000,
-        threads: int = 4,
+        threads: int = THREADS,
     ):
         if not files:
             raise ValueError("TrainLoader needs at least one training file")
@@ -439,7 +441,7 @@ class TrainLoader:
 
 
 def validation_rows(
-    val_file: Path, tokenizer, num_tokens: int, seq_len: int, buffer_docs: int = 1000, threads: int = 4
+    val_file: Path, tokenizer, num_tokens: int, seq_len: int, buffer_docs: int = 1000, threads: int = THREADS
 ) -> torch.Tensor:
     """The fixed validation set: N = num_tokens // seq_len rows of seq_len+1 tokens, int64 on CPU.
 
