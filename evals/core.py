@@ -45,7 +45,9 @@ import torch.nn.functional as F
 
 from evals.bundle import Bundle, TaskSpec
 
-DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward; logits cost batch_tokens * vocab * 4 bytes in fp32
+# Padded tokens per forward (the logits alone take batch_tokens * vocab * 4 bytes in fp32). On CPU smaller
+# batches keep the logits in cache (measured: 4096 beats 16384 by ~1.5x on the tiny test model).
+DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}
 CHUNK_RECORDS = 512  # records rendered, tokenized and bucketed together (bounds host memory on big tasks)
 SHUFFLE_SEED = 1337  # core-eval.md, "Per task" step 1
 FEWSHOT_SEED = 1234  # core-eval.md, "Per task" step 2: Random(1234 + idx)
@@ -419,7 +421,7 @@ def evaluate_core(
     bundle: Bundle,
     max_per_task: int = -1,
     device: str | torch.device = "cpu",
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     progress: bool = False,
     batched: bool = True,
     dump: list | None = None,
@@ -427,12 +429,15 @@ def evaluate_core(
     """Evaluate CORE on every task of ``bundle`` present on disk.
 
     ``max_per_task``: -1 for every record (the protocol), or a positive cap on records per task after the
-    shuffle. ``batch_tokens``: padded tokens per forward in the batched path. ``batched=False`` runs the
+    shuffle. ``batch_tokens``: padded tokens per forward in the batched path (default by device type,
+    ``DEFAULT_BATCH_TOKENS``). ``batched=False`` runs the
     one-record reference path. ``dump``: a list that receives one dict per record (label, index, line,
     prediction, correct, and losses for MC/schema), gathered from all ranks, in task then index order.
     Uses torch.distributed when it is initialised; every rank must call this and gets the same result.
     """
     _check_max_per_task(max_per_task)
+    if batch_tokens is None:
+        batch_tokens = DEFAULT_BATCH_TOKENS.get(torch.device(device).type, DEFAULT_BATCH_TOKENS["cuda"])
     if batch_tokens <= 0:
         raise ValueError(f"batch_tokens={batch_tokens}: pass a positive number of padded tokens per forward")
     if not bundle.tasks:
@@ -516,7 +521,7 @@ def main(argv: list[str] | None = None) -> CoreResult:
     )
     parser.add_argument("--max-per-task", type=int, default=-1, help="records per task; -1 = all (the protocol)")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
-    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per forward")
+    parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward")
     parser.add_argument("--one-record", action="store_true", help="use the one-record reference path (slow)")
     parser.add_argument("--dump", type=Path, default=None, help="write per-record results to this .jsonl")
     parser.add_argument("--json", type=Path, default=None, help="write the result (to_dict) to this .json")
