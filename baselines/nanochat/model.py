@@ -1,0 +1,307 @@
+"""The nanochat GPT: the reference record's architecture, built from the depth dial.
+
+    model = GPT(model_dims(depth=4, vocab_size=4096), seq_len=256, compute_dtype=torch.float32)
+    logits = model(idx)              # (B, T, vocab) float32, softcapped
+    loss = model(idx, targets)       # mean cross entropy over targets that are not -1
+
+Every feature is the reference's (nanochat-recipe.md, Model): RoPE (base 100,000), parameter-free RMSNorm,
+QK-norm scaled by 1.2, ReLU-squared MLP, logit softcap 15, value embeddings gated per head on alternating
+layers, per-layer residual and x0 scalars, smear, backout, sliding-window attention in the "SSSL" pattern
+(last layer full), untied embeddings. Where the recipe is silent we say so next to the choice.
+
+Precision: parameters are float32 master weights; activations run in ``compute_dtype`` (bf16 on GPU) and every
+linear layer casts its weight to the activation's dtype (no autocast), as the reference does. Attention is
+FlexAttention with a cached block mask on CUDA and SDPA with an explicit boolean mask elsewhere; the tests
+check both against a hand-written masked softmax. On CUDA ``maybe_compile()`` compiles the training forward only:
+evals call ``model(idx)`` at many lengths and stay eager, and the module and its state_dict keys are unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from baselines.nanochat import kernels
+from baselines.nanochat.depth import SMEAR_CHANNELS, VE_GATE_CHANNELS, Dims, value_embed_layers, window_sizes
+from baselines.nanochat.fp8 import fp8_linear, fp8_supported
+
+ROPE_BASE = 100_000
+QK_SCALE = 1.2  # q and k are multiplied by 1.2 after QK-norm (nanochat-recipe.md)
+LOGIT_SOFTCAP = 15.0
+MAX_LENGTH_FACTOR = 4  # forward must accept up to 4 * seq_len tokens (CORE prompts; hookspecs.build_model)
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm without learnable parameters."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Linear(nn.Linear):
+    """A bias-free linear layer whose float32 weight is cast to the activation's dtype at use.
+
+    With ``fp8=True`` it multiplies in fp8 while gradients are being computed (training); evals, which run
+    under ``torch.no_grad()``, always use the exact path (nanochat-recipe.md: fp8 is never used for evals).
+    """
+
+    def __init__(self, in_features: int, out_features: int, device=None):
+        super().__init__(in_features, out_features, bias=False, device=device)
+        self.fp8 = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8 and torch.is_grad_enabled():
+            return fp8_linear(x, self.weight)
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rotary embeddings and attention
+
+
+def rotary_tables(length: int, head_dim: int, device, base: float = ROPE_BASE) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (length, head_dim/2), float32 (Su et al. 2021, RoFormer, eq. 34)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x[..., i], x[..., i + d/2]) of x (B, T, H, D) by the position's angles."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+def window_mask(length: int, window: int, device) -> torch.Tensor:
+    """Boolean (T, T) mask: query i sees key j when 0 <= i - j < window."""
+    i = torch.arange(length, device=device)[:, None]
+    j = torch.arange(length, device=device)[None, :]
+    return (j <= i) & (i - j < window)
+
+
+@functools.cache
+def _flex():
+    """FlexAttention compiled once (uncompiled it materializes the full score matrix)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=64)
+def flex_block_mask(length: int, window: int, device: str):
+    """FlexAttention block mask for a causal sliding window, cached per (T, window, device)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding_causal(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+
+    return create_block_mask(sliding_causal, None, None, length, length, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _sdpa_mask(length: int, window: int, device: str) -> torch.Tensor | None:
+    return None if window >= length else window_mask(length, window, device)
+
+
+def attention_masks(length: int, windows: list[int], device: torch.device, use_flex: bool) -> list:
+    """One mask object per layer: a FlexAttention BlockMask, or for SDPA a boolean mask (None = plain causal)."""
+    if use_flex:
+        return [flex_block_mask(length, min(w, length), str(device)) for w in windows]
+    return [_sdpa_mask(length, w, str(device)) for w in windows]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """Causal attention of (B, H, T, D) tensors under a mask from ``attention_masks``."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if isinstance(mask, torch.Tensor):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _flex()(q, k, v, block_mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The transformer
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dims: Dims, has_value_embedding: bool, device=None):
+        super().__init__()
+        self.num_heads, self.head_dim = dims.num_heads, dims.head_dim
+        kv_dim = dims.num_heads * dims.head_dim
+        self.c_q = Linear(dims.width, kv_dim, device=device)
+        self.c_k = Linear(dims.width, kv_dim, device=device)
+        self.c_v = Linear(dims.width, kv_dim, device=device)
+        self.c_proj = Linear(kv_dim, dims.width, device=device)
+        # Per-head gate of the value embedding, read from the first channels of x (ResFormer-style value residual).
+        self.ve_gate = Linear(VE_GATE_CHANNELS, dims.num_heads, device=device) if has_value_embedding else None
+
+    def forward(self, x, value_embedding, cos, sin, mask):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.c_k(x).view(B, T, self.num_heads, self.head_dim)
+        v = self.c_v(x).view(B, T, self.num_heads, self.head_dim)
+        if value_embedding is not None:
+            gate = 3 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))  # (B, T, H), in (0, 3)
+            v = v + gate.unsqueeze(-1) * value_embedding.view(B, T, self.num_heads, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = QK_SCALE * norm(q), QK_SCALE * norm(k)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dims: Dims, device=None):
+        super().__init__()
+        self.c_fc = Linear(dims.width, dims.mlp_width, device=device)
+        self.c_proj = Linear(dims.mlp_width, dims.width, device=device)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU squared (So et al. 2021, Primer)
+
+
+class Block(nn.Module):
+    def __init__(self, dims: Dims, has_value_embedding: bool, device=None):
+        super().__init__()
+        self.attn = CausalSelfAttention(dims, has_value_embedding, device=device)
+        self.mlp = MLP(dims, device=device)
+
+    def forward(self, x, value_embedding, cos, sin, mask):
+        x = x + self.attn(norm(x), value_embedding, cos, sin, mask)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, dims: Dims, seq_len: int, compute_dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.dims, self.seq_len, self.compute_dtype = dims, seq_len, compute_dtype
+        self.windows = window_sizes(dims.depth, seq_len)
+        self.backout_layer = max(1, dims.depth // 2) - 1  # the residual after layer d/2 is subtracted at the end
+        ve_layers = value_embed_layers(dims.depth)
+        kv_dim = dims.num_heads * dims.head_dim
+        self.wte = nn.Embedding(dims.vocab_size, dims.width, device=device)
+        self.blocks = nn.ModuleList([Block(dims, i in ve_layers, device=device) for i in range(dims.depth)])
+        self.value_embeds = nn.ModuleDict(
+            {str(i): nn.Embedding(dims.vocab_size, kv_dim, device=device) for i in ve_layers}
+        )
+        self.lm_head = Linear(dims.width, dims.vocab_size, device=device)
+        self.resid_lambdas = nn.Parameter(torch.empty(dims.depth, device=device))
+        self.x0_lambdas = nn.Parameter(torch.empty(dims.depth, device=device))
+        self.smear_gate = Linear(SMEAR_CHANNELS, 1, device=device)
+        self.smear_lambda = nn.Parameter(torch.empty(1, device=device))
+        self.backout_lambda = nn.Parameter(torch.empty(1, device=device))
+        self.use_compile = False
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter explicitly (nanochat-recipe.md, Model: init)."""
+        if self.wte.weight.is_meta:
+            return
+        width = self.dims.width
+        bound = math.sqrt(3) / math.sqrt(width)  # uniform(+-b) has std 1/sqrt(width)
+        nn.init.normal_(self.wte.weight, std=0.8)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        for block in self.blocks:
+            for linear in (block.attn.c_q, block.attn.c_k, block.attn.c_v):
+                nn.init.uniform_(linear.weight, -bound, bound)
+            nn.init.uniform_(block.mlp.c_fc.weight, -0.4 * bound, 0.4 * bound)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_gate is not None:
+                nn.init.zeros_(block.attn.ve_gate.weight)  # recipe silent: gates start at 3*sigmoid(0) = 1.5
+        for embedding in self.value_embeds.values():
+            nn.init.uniform_(embedding.weight, -bound, bound)  # recipe silent: initialised like c_v
+        self.resid_lambdas.copy_(torch.linspace(1.15, 1.05, self.dims.depth))
+        self.x0_lambdas.copy_(torch.linspace(0.20, 0.05, self.dims.depth))
+        nn.init.zeros_(self.smear_gate.weight)
+        nn.init.zeros_(self.smear_lambda)
+        nn.init.constant_(self.backout_lambda, 0.2)
+
+    # -- options --------------------------------------------------------------------------------------
+
+    def enable_fp8(self) -> bool:
+        """Use fp8 in the block matrices if this device supports it; otherwise warn and keep bf16/fp32."""
+        device = self.wte.weight.device
+        if not fp8_supported(device):
+            warnings.warn(
+                f"fp8 was requested but {device} has no fp8 matmuls (needs CUDA compute capability 8.9+); "
+                f"training in {self.compute_dtype} instead",
+                stacklevel=2,
+            )
+            return False
+        for block in self.blocks:
+            for linear in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.attn.c_proj):
+                linear.fp8 = True
+            block.mlp.c_fc.fp8 = block.mlp.c_proj.fp8 = True
+        return True
+
+    def maybe_compile(self) -> bool:
+        """On CUDA, run the training forward (``model(idx, targets)``) through torch.compile(dynamic=False).
+
+        A no-op elsewhere (no C++/Triton toolchain is assumed on CPU; eager is the CPU fallback).
+        """
+        self.use_compile = self.wte.weight.is_cuda
+        return self.use_compile
+
+    # -- accounting -------------------------------------------------------------------------------------
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """6 * (all linear weights, head included) + 12 * heads * head_dim * min(window, T) per layer."""
+        linear = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        attention = sum(12 * self.dims.num_heads * self.dims.head_dim * min(w, seq_len) for w in self.windows)
+        return float(6 * linear + attention)
+
+    # -- forward ----------------------------------------------------------------------------------------
+
+    def _rotary(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = getattr(self, "_rotary_cache", None)
+        if cached is None or cached[0].size(0) < length or cached[0].device != device:
+            longest = max(length, MAX_LENGTH_FACTOR * self.seq_len)
+            self._rotary_cache = rotary_tables(longest, self.dims.head_dim, device)
+        cos, sin = self._rotary_cache
+        return cos[:length], sin[:length]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Eager set-up (rotary tables, masks), then the transformer; compiled on CUDA when training."""
+        length = idx.size(1)
+        cos, sin = self._rotary(length, idx.device)
+        masks = attention_masks(length, self.windows, idx.device, use_flex=idx.is_cuda)
+        if targets is not None and self.use_compile:
+            return _compiled_transformer()(self, idx, targets, cos, sin, masks)
+        return self.transformer(idx, targets, cos, sin, masks)
+
+    def transformer(self, idx, targets, cos, sin, masks) -> torch.Tensor:
+        dtype = self.compute_dtype
+        x = norm(self.wte(idx).to(dtype))
+        # Smear (modded-nanogpt): mix a gated share of the previous token's embedding into each position.
+        # The recipe does not say whether it precedes the embedding norm; we apply it to the normed embedding.
+        gate = self.smear_lambda.to(dtype) * torch.sigmoid(self.smear_gate(x[:, 1:, :SMEAR_CHANNELS]))
+        x = torch.cat([x[:, :1], x[:, 1:] + gate * x[:, :-1]], dim=1)
+        x0 = x
+        backout = x
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i].to(dtype) * x + self.x0_lambdas[i].to(dtype) * x0
+            ve = self.value_embeds[str(i)](idx).to(dtype) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos, sin, masks[i])
+            if i == self.backout_layer:
+                backout = x
+        x = norm(x - self.backout_lambda.to(dtype) * backout)
+        logits = self.lm_head(x)
+        if targets is None:
+            return LOGIT_SOFTCAP * torch.tanh(logits.float() / LOGIT_SOFTCAP)
+        return kernels.softcap_cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), LOGIT_SOFTCAP)
+
+
+def _transformer(model: GPT, idx, targets, cos, sin, masks) -> torch.Tensor:
+    return model.transformer(idx, targets, cos, sin, masks)
+
+
+@functools.cache
+def _compiled_transformer():
+    """torch.compile of the training forward, built on first use (compilation itself is lazy)."""
+    return torch.compile(_transformer, dynamic=False)
