@@ -11,6 +11,7 @@ the data (JSON embedded in the page) computed by ``leaderboard.stats``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from leaderboard import stats
@@ -26,7 +27,10 @@ def loss_curve(events: list[dict]) -> list[list[float]]:
     points = sorted(
         (int(e["key"]), float(e["value"]))
         for e in events
-        if e.get("event") == "train_loss" and e.get("key") is not None and isinstance(e.get("value"), int | float)
+        if e.get("event") == "train_loss"
+        and e.get("key") is not None
+        and isinstance(e.get("value"), int | float)
+        and math.isfinite(e["value"])  # a diverged run logs NaN: no point to draw
     )
     if len(points) > MAX_CURVE_POINTS:
         stride = -(-len(points) // MAX_CURVE_POINTS)

@@ -257,7 +257,7 @@ def stats_markdown(j: Judged, target: float) -> str:
         markdown(pd.DataFrame(summary_rows, columns=["metric", "n", "mean", "sd", "95% CI"])),
         "## CORE against the target\n",
         f"One-sided one-sample t-test, H1: mean CORE > {target}: t = {_num(a.core_t, 3)}, "
-        f"df = {a.core.n - 1 if a.core else DASH}, p = {_pval(a.core_p)}.\n",
+        f"df = {a.core.n - 1 if a.core and a.core.n > 1 else DASH}, p = {_pval(a.core_p)}.\n",
     ]
     if e.track == "record":
         out.append("## Time against the record in force when filed\n")
