@@ -33,6 +33,8 @@ from harness.fileio import atomic_path, atomic_write_json, cache_dir, file_lock,
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
+# The project's development checkouts keep a partial bundle in ../shared beside the repository.
+SIBLING_BUNDLE = Path(__file__).resolve().parents[2] / "shared" / "eval_bundle"
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 CONFIG_FILE = "core.yaml"
 META_FILE = "eval_meta_data.csv"
@@ -79,6 +81,8 @@ class Bundle:
 def resolve_bundle(path: str | Path | None = None) -> Bundle:
     """Return the verified bundle at ``path``, else $SPEEDRUN_EVAL_BUNDLE, else ``cache_dir()/eval_bundle``.
 
+    Without a cached copy, a checkout with the project's ``shared/eval_bundle`` beside it uses that folder.
+
     The cache copy is downloaded and unzipped once from $SPEEDRUN_EVAL_BUNDLE_URL (default: the upstream
     zip) under a file lock, so concurrent ranks or runs download it once. Raises BundleError when the
     bundle is missing or a file differs from the manifest.
@@ -92,6 +96,8 @@ def resolve_bundle(path: str | Path | None = None) -> Bundle:
                 f"no CORE eval bundle at {root} ({CONFIG_FILE} not found); pass the folder that holds "
                 f"{CONFIG_FILE}, {META_FILE} and eval_data/, or unset SPEEDRUN_EVAL_BUNDLE to download it"
             )
+    elif not (cache_dir() / "eval_bundle" / CONFIG_FILE).is_file() and (SIBLING_BUNDLE / CONFIG_FILE).is_file():
+        root = SIBLING_BUNDLE  # a development checkout with the project's shared/ folder beside it
     else:
         root = download_bundle(cache_dir() / "eval_bundle", os.environ.get("SPEEDRUN_EVAL_BUNDLE_URL") or BUNDLE_URL)
     return load_bundle(root)

@@ -542,12 +542,9 @@ def main(argv: list[str] | None = None) -> CoreResult:
     rank = dist.get_rank() if dist.is_initialized() else 0
     model, tokenizer, meta = load_for_eval(args.checkpoint, device)
     bundle = resolve_bundle(args.bundle)
-    dtype = getattr(torch, str(meta.get("dtype", "float32")))
-    device_type = torch.device(device).type
-
-    def forward(ids: torch.Tensor) -> torch.Tensor:  # the run's compute dtype, as in training (core-eval.md)
-        with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
-            return model(ids)
+    # The model was rebuilt through its submission's build_model with the run's compute dtype, exactly as in
+    # training, so it is evaluated as it is: no autocast here, or the two numbers could differ.
+    forward = model
 
     dump: list | None = [] if args.dump else None
     result = evaluate_core(

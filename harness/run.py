@@ -72,6 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-per-task", type=int, help="CORE records per task (-1: all; default: the profile's)")
     p.add_argument("--max-steps", type=int, help="cap on optimizer steps (development; makes a run ineligible)")
     p.add_argument("--data-dir", type=Path, help="dataset shards folder (default: $SPEEDRUN_DATA_DIR or cache)")
+    p.add_argument(
+        "--train-shards",
+        type=int,
+        default=170,
+        help="training shards of a real dataset that must be present locally (d24 on ClimbMix reads about 150)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue --out's run from its last checkpoint")
     p.add_argument("--no-core", action="store_true", help="skip CORE (development; no CORE in the record)")
@@ -453,12 +459,12 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
         dataset_name = profile.dataset or asked
         # Rank 0 prepares (builds, verifies, trains the tokenizer) first; the others then find it cached.
         if master:
-            dataset = prepare_dataset(dataset_name, data_dir=args.data_dir)
+            dataset = prepare_dataset(dataset_name, train_shards(args, dataset_name), data_dir=args.data_dir)
             tokenizer = get_tokenizer(dataset, profile.vocab_size)
         if world_size > 1:
             torch_dist.barrier()
         if not master:
-            dataset = prepare_dataset(dataset_name, data_dir=args.data_dir)
+            dataset = prepare_dataset(dataset_name, train_shards(args, dataset_name), data_dir=args.data_dir)
             tokenizer = get_tokenizer(dataset, profile.vocab_size)
         bundle = None if args.no_core else resolve_bundle(args.eval_bundle)
     record["data"] = {
@@ -604,7 +610,7 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
         record["metrics"]["mfu"] = plan.flops_per_token * record["metrics"]["tokens_per_s"] / (peak * world_size)
     if device.type == "cuda":
         record["metrics"]["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    record["data"]["stream_digest"] = loader.stream_digest
+    record["data"]["stream_digest"] = combined_stream_digest(loader.stream_digest, world_size)
     record["data"]["tokens_consumed"] = plan.total_batch_tokens * state["step"]
 
     # ---- final evals (untimed): val_bpb, then the final model is saved and CORE computed
@@ -631,6 +637,20 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
         clock.events.write("core", plan.num_steps, core["core"] if core["core"] is not None else core["core_partial"])
         if master:
             print(result.table())
+
+
+def train_shards(args, dataset_name: str) -> int | None:
+    """How many training shards the run needs locally: all of the small smoke corpus, else --train-shards."""
+    return None if dataset_name == "smoke" else args.train_shards
+
+
+def combined_stream_digest(local: str, world_size: int) -> str:
+    """One proof of data for all ranks: sha256 over the ranks' running digests, in rank order."""
+    if world_size == 1:
+        return local
+    digests = [None] * world_size
+    torch_dist.all_gather_object(digests, local)
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def save_checkpoint(clock, out, step, model, optimizer, loader, world_size, master) -> None:
