@@ -50,6 +50,7 @@ def sample_record(
     readme: str | None = "# Sample change\n\nMade-up runs for tests.\n",
     eval_bundle_digest: str = EVAL_BUNDLE_DIGEST,
     commit: str = "0123456789abcdef0123456789abcdef01234567",
+    harness_digest: str = _digest("harness"),
     started_at: str = "2026-04-01T10:00:00+00:00",
     name: str = "sample",
 ) -> dict:
@@ -78,7 +79,7 @@ def sample_record(
             "files": files,
             "sources": sources,
         },
-        "harness": {"version": "0.1.0", "commit": commit, "dirty": False},
+        "harness": {"version": "0.1.0", "commit": commit, "dirty": False, "source_digest": harness_digest},
         "command": ["python", "-m", "harness.run", "--seed", str(seed)],
         "started_at": started_at,
         "finished_at": started_at.replace("T10:", "T12:"),

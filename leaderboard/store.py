@@ -288,13 +288,20 @@ def _source_check(rec: dict, first: dict, first_label: str) -> Check:
 
 
 def _harness_check(rec: dict, first: dict, first_label: str) -> Check:
-    ours = (_get(rec, "harness", "version"), _get(rec, "harness", "commit"))
-    theirs = (_get(first, "harness", "version"), _get(first, "harness", "commit"))
+    """The same referee for every run: the digest of the harness and eval code where both records carry it
+    (commits that touch only other files leave it alone), else the git commit."""
+    key = (
+        "source_digest"
+        if _get(rec, "harness", "source_digest") and _get(first, "harness", "source_digest")
+        else "commit"
+    )
+    ours, theirs = _get(rec, "harness", key), _get(first, "harness", key)
+    what = "code digest" if key == "source_digest" else "commit"
     return Check(
         "harness",
         ours == theirs,
-        f"harness {ours[0]} at {ours[1]} but {first_label} ran {theirs[0]} at "
-        f"{theirs[1]}; run every seed with the same harness commit",
+        f"harness {what} {str(ours)[:12]} differs from {first_label}'s {str(theirs)[:12]}; run every seed of an "
+        "entry with the same harness",
     )
 
 

@@ -95,6 +95,18 @@ def test_add_refuses_a_repeated_seed(tmp_path, board):
     assert f"seed 2 is also the seed of {given[1]}" in reasons[str(given[2])]["seed"]
 
 
+def test_add_compares_the_harness_code_digest_not_the_repository_commit(tmp_path, board):
+    # A commit that touches only docs changes HEAD but not the harness: same referee, accepted.
+    given = runs(tmp_path, seeds=(1,)) + [write_run(tmp_path / "later", sample_record(2, commit="f" * 40))]
+    changed = [write_run(tmp_path / "changed", sample_record(3, harness_digest="d" * 64))]
+    with pytest.raises(RejectedRuns) as e:
+        add_entry(given + changed, root=board)
+    reasons = failed(e.value)
+    assert reasons[str(given[1])] == {} and set(reasons[str(changed[0])]) == {"harness"}
+    assert "harness code digest dddddddddddd differs" in reasons[str(changed[0])]["harness"]
+    assert add_entry(given, root=board).meta["commit"] == sample_record()["harness"]["commit"]
+
+
 def test_add_refuses_the_same_run_directory_given_twice(tmp_path, board):
     given = runs(tmp_path, seeds=(1,))
     with pytest.raises(LeaderboardError, match="given more than once; pass each run directory once"):
