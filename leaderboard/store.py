@@ -341,7 +341,7 @@ def add_entry(
         checks = check_runs(runs, labels, track, pins)
         if any(not c.passed for run_checks in checks.values() for c in run_checks):
             raise RejectedRuns(checks)
-        good: list[Run] = runs  # type: ignore[assignment]  # every run passed "readable"
+        good = [run for run in runs if isinstance(run, Run)]  # all of them: every run passed "readable"
         first = good[0].record
         name = name or first["submission"]["name"]
         if not NAME_RE.match(name):
