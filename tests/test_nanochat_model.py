@@ -3,7 +3,6 @@
 Run: python -m pytest tests/test_nanochat_model.py
 """
 
-import json
 import math
 import warnings
 
@@ -16,7 +15,6 @@ from baselines.nanochat.fp8 import fp8_linear, fp8_supported
 from baselines.nanochat.model import GPT, attend, attention_masks, window_mask
 from harness.hookspecs import Run
 from harness.plugins import load_submission
-from harness.tokenizer import train_tokenizer
 
 VOCAB = 256
 
@@ -150,15 +148,7 @@ def test_compile_is_a_no_op_on_cpu_and_state_dict_keys_stay_clean():
 @pytest.fixture(scope="module")
 def english(eval_bundle_dir):
     """LAMBADA passages (fiction, from the CORE bundle) tokenized with a 1024-token BPE trained on them."""
-    path = eval_bundle_dir / "eval_data" / "language_understanding" / "lambada_openai.jsonl"
-    rows = [json.loads(line) for line in path.open()]
-    text = "\n\n".join(f"{r['context']} {r['continuation']}" for r in rows)[:400_000]
-    tokenizer = train_tokenizer([text], vocab_size=1024)
-    tokens = torch.tensor(tokenizer.encode(text, prepend_bos=True))
-    counts = torch.bincount(tokens, minlength=tokenizer.vocab_size).float()
-    p = counts[counts > 0] / counts.sum()
-    unigram_entropy = -(p * p.log()).sum().item()  # the loss of a model that only knows token frequencies
-    return tokenizer, tokens, unigram_entropy
+    return tinytrain.lambada_tokens(eval_bundle_dir, vocab_size=1024)
 
 
 def smoke_run(tokenizer, depth_: int = 2) -> Run:

@@ -30,6 +30,23 @@ from harness import hookspecs
 from harness.hookspecs import Plan, Run
 
 
+def lambada_tokens(bundle_dir: str | Path, vocab_size: int = 1024, chars: int = 400_000):
+    """English text for quick training checks: LAMBADA passages (fiction) from the CORE eval bundle, tokenized
+    with a BPE trained on them. Returns (tokenizer, tokens, unigram entropy of the tokens in nats)."""
+    import json
+
+    from harness.tokenizer import train_tokenizer
+
+    path = Path(bundle_dir) / "eval_data" / "language_understanding" / "lambada_openai.jsonl"
+    rows = [json.loads(line) for line in path.open()]
+    text = "\n\n".join(f"{r['context']} {r['continuation']}" for r in rows)[:chars]
+    tokenizer = train_tokenizer([text], vocab_size=vocab_size)
+    tokens = torch.tensor(tokenizer.encode(text, prepend_bos=True))
+    counts = torch.bincount(tokens, minlength=tokenizer.vocab_size).float()
+    p = counts[counts > 0] / counts.sum()
+    return tokenizer, tokens, -(p * p.log()).sum().item()  # the loss of a model that knows only frequencies
+
+
 def plugin_manager(*plugins) -> pluggy.PluginManager:
     """A plugin manager with the speedrun hook specs and ``plugins`` registered in order."""
     pm = pluggy.PluginManager("speedrun")
