@@ -11,9 +11,10 @@ layers, per-layer residual and x0 scalars, smear, backout, sliding-window attent
 
 Precision: parameters are float32 master weights; activations run in ``compute_dtype`` (bf16 on GPU) and every
 linear layer casts its weight to the activation's dtype (no autocast), as the reference does. Attention is
-FlexAttention with a cached block mask on CUDA and SDPA with an explicit boolean mask elsewhere; the tests
-check both against a hand-written masked softmax. On CUDA ``maybe_compile()`` compiles the training forward only:
-evals call ``model(idx)`` at many lengths and stay eager, and the module and its state_dict keys are unchanged.
+FlexAttention with a cached block mask when training on CUDA and SDPA with an explicit boolean mask otherwise
+(evals, CPU); the tests check both against a hand-written masked softmax. On CUDA ``maybe_compile()`` compiles
+the training forward only: evals call ``model(idx)`` at many lengths and stay eager, and the module and its
+state_dict keys are unchanged.
 """
 
 from __future__ import annotations
@@ -270,7 +271,9 @@ class GPT(nn.Module):
         """Eager set-up (rotary tables, masks), then the transformer; compiled on CUDA when training."""
         length = idx.size(1)
         cos, sin = self._rotary(length, idx.device)
-        masks = attention_masks(length, self.windows, idx.device, use_flex=idx.is_cuda)
+        # FlexAttention for training (one fixed length, compiled once); SDPA with a mask for evals, whose
+        # many prompt lengths would otherwise recompile flex_attention per length.
+        masks = attention_masks(length, self.windows, idx.device, use_flex=idx.is_cuda and targets is not None)
         if targets is not None and self.use_compile:
             return _compiled_transformer()(self, idx, targets, cos, sin, masks)
         return self.transformer(idx, targets, cos, sin, masks)
