@@ -151,14 +151,13 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("MuonAdamW.step takes no closure")
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
+            if all(p.grad is None for p in group["params"]):
                 continue
-            compile_ = params[0].is_cuda  # the update math is compiled on GPU, eager elsewhere
+            compile_ = group["params"][0].is_cuda  # the update math is compiled on GPU, eager elsewhere
             if group["kind"] == "muon":
-                self._muon_step(group, params, compile_)
+                self._muon_step(group, group["params"], compile_)  # the whole stack, so its state keeps its shape
             else:
-                self._adamw_step(group, params, compile_)
+                self._adamw_step(group, [p for p in group["params"] if p.grad is not None], compile_)
 
     def _muon_step(self, group: dict, params: list[torch.Tensor], compile_: bool) -> None:
         state = self.state[params[0]]  # one state for the whole stack, kept under the first matrix
@@ -169,7 +168,8 @@ class MuonAdamW(torch.optim.Optimizer):
             state["momentum_buffer"] = torch.zeros_like(stacked)
             state["second_moment"] = torch.zeros(moment_shape, dtype=torch.float32, device=stacked.device)
         update = _compiled(muon_update) if compile_ else muon_update
-        update(stacked, torch.stack([p.grad for p in params]), state["momentum_buffer"], state["second_moment"],
+        grads = torch.stack([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
+        update(stacked, grads, state["momentum_buffer"], state["second_moment"],
                group["lr"], group["momentum"], group["weight_decay"], group["beta2"], group["ns_steps"])  # fmt: skip
         torch._foreach_copy_(params, list(stacked.unbind(0)))
 
