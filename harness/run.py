@@ -103,6 +103,8 @@ def init_distributed(profile: profiles.Profile) -> tuple[int, int, int, torch.de
     if profile.device_type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # the reference allows TF32 for fp32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
         # Share the cores between the ranks on this node instead of oversubscribing them.
@@ -624,7 +626,12 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
             model.eval()
             with torch.no_grad():
                 result = evaluate_core(
-                    model, tokenizer, bundle, max_per_task=max_per_task, device=str(device), progress=master
+                    model,
+                    tokenizer,
+                    bundle,
+                    max_per_task=max_per_task,
+                    device=str(device),
+                    progress=master and sys.stderr.isatty(),
                 )
         core = result.to_dict()
         record["metrics"].update(
