@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from baselines.nanochat import depth
-from harness import flops
 from baselines.nanochat.model import GPT
 from baselines.nanochat.submission import make_plan
+from harness import flops
 from harness.hookspecs import Run
 
 VOCAB = 32768
