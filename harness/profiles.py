@@ -239,7 +239,6 @@ def profile_dict(profile: Profile) -> dict:
     return asdict(profile)
 
 
-
 def peak_flops(device: torch.device) -> float | None:
     """Peak bf16 FLOP/s of one device, or None where unknown (CPU, unlisted GPUs): MFU is then not reported."""
     if device.type != "cuda":
