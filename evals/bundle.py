@@ -81,7 +81,8 @@ class Bundle:
 def resolve_bundle(path: str | Path | None = None) -> Bundle:
     """Return the verified bundle at ``path``, else $SPEEDRUN_EVAL_BUNDLE, else ``cache_dir()/eval_bundle``.
 
-    Without a cached copy, a checkout with the project's ``shared/eval_bundle`` beside it uses that folder.
+    Without a cached copy or a $SPEEDRUN_EVAL_BUNDLE_URL, a checkout with the project's ``shared/eval_bundle``
+    beside it uses that folder.
 
     The cache copy is downloaded and unzipped once from $SPEEDRUN_EVAL_BUNDLE_URL (default: the upstream
     zip) under a file lock, so concurrent ranks or runs download it once. Raises BundleError when the
@@ -96,7 +97,11 @@ def resolve_bundle(path: str | Path | None = None) -> Bundle:
                 f"no CORE eval bundle at {root} ({CONFIG_FILE} not found); pass the folder that holds "
                 f"{CONFIG_FILE}, {META_FILE} and eval_data/, or unset SPEEDRUN_EVAL_BUNDLE to download it"
             )
-    elif not (cache_dir() / "eval_bundle" / CONFIG_FILE).is_file() and (SIBLING_BUNDLE / CONFIG_FILE).is_file():
+    elif (
+        not os.environ.get("SPEEDRUN_EVAL_BUNDLE_URL")
+        and not (cache_dir() / "eval_bundle" / CONFIG_FILE).is_file()
+        and (SIBLING_BUNDLE / CONFIG_FILE).is_file()
+    ):
         root = SIBLING_BUNDLE  # a development checkout with the project's shared/ folder beside it
     else:
         root = download_bundle(cache_dir() / "eval_bundle", os.environ.get("SPEEDRUN_EVAL_BUNDLE_URL") or BUNDLE_URL)

@@ -135,6 +135,10 @@ def test_observers_see_every_step_and_the_final_record_and_train_step_can_be_rep
         LOG = {str(log)!r}
 
         @hookimpl
+        def select_dataset():
+            return "fineweb-edu"  # the cpu profile trains on smoke whatever is asked; the record says both
+
+        @hookimpl
         def train_step(model, batches, plan, run):
             total = 0.0
             batches = list(batches)
@@ -162,7 +166,9 @@ def test_observers_see_every_step_and_the_final_record_and_train_step_can_be_rep
     steps = [line["step"] for line in lines if "loss" in line]
     assert steps == list(range(12))
     assert lines[-1] == {"finished": "finished"}
-    assert load_record(out)["submission"]["overrides"] == ["log_metrics", "run_finished", "train_step"]
+    record = load_record(out)
+    assert record["submission"]["overrides"] == ["log_metrics", "run_finished", "select_dataset", "train_step"]
+    assert record["data"]["selected"] == "fineweb-edu" and record["data"]["dataset"] == "smoke"
 
 
 def test_time_inside_a_slow_eval_is_excluded_from_training_time(tmp_path, harness_env):

@@ -52,9 +52,15 @@ def weight_decay_multiplier(step: int, num_steps: int) -> float:
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, num_steps: int):
-    """Return ``schedule(step) -> dict`` for a ``MuonAdamW`` optimizer."""
+    """Return ``schedule(step) -> dict`` for a ``MuonAdamW`` optimizer, or any optimizer for the learning rate.
+
+    Each group's peak learning rate is its ``initial_lr``, taken from its ``lr`` when the group has none, so a
+    submission that only swaps the optimizer (say, a plain ``torch.optim.AdamW``) keeps the reference schedule.
+    """
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be at least 1")
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
 
     def schedule(step: int) -> dict[str, float]:
         mult = lr_multiplier(step, num_steps)
@@ -63,7 +69,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, num_steps: int):
         muon_wd = 0.0
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * mult
-            if group["kind"] == "muon":
+            if group.get("kind") == "muon":
                 group["momentum"] = momentum
                 group["weight_decay"] = muon_wd = group["initial_weight_decay"] * wd_mult
         return {"lr_mult": mult, "muon_momentum": momentum, "muon_wd": muon_wd}
