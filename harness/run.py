@@ -19,6 +19,7 @@ import hashlib
 import math
 import os
 import signal
+import statistics
 import sys
 import time
 import traceback
@@ -578,10 +579,13 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
     loss_every = max(1, plan.num_steps // LOSS_CURVE_POINTS)
     last_finite = None
     tokens_per_step = plan.total_batch_tokens
+    step_seconds = []  # each timed step's duration: the steady-state step time (harness.ci) needs them
     for step in range(start_step, plan.num_steps):
+        timed_before = clock.training_time_s
         with clock.timed_step():
             loss, settings = one_step(step)
             loss_value = loss.item()
+        step_seconds.append(clock.training_time_s - timed_before)
         state["step"] = step + 1
         if not math.isfinite(loss_value):
             raise RunDiverged(step, loss_value, last_finite)
@@ -606,7 +610,9 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
         if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < plan.num_steps:
             save_checkpoint(clock, out, step + 1, model, optimizer, loader, world_size, master)
     progress.close()
+    clock.events.write("step_times", start_step, [round(s, 6) for s in step_seconds])  # one line, not one per step
     record["metrics"]["final_loss"] = last_finite
+    record["metrics"]["step_time_median_s"] = statistics.median(step_seconds) if step_seconds else None
     record["metrics"]["tokens_per_s"] = plan.total_batch_tokens * clock.train_steps / max(clock.training_time_s, 1e-9)
     if peak:
         record["metrics"]["mfu"] = plan.flops_per_token * record["metrics"]["tokens_per_s"] / (peak * world_size)
