@@ -50,8 +50,19 @@ def _read_dir(path: Path) -> dict:
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no meta.json): it was cut short; ignore it")
-    meta = json.loads(meta_path.read_text())
-    for name, digest in meta["files"].items():
+    try:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{meta_path} is not UTF-8 JSON ({exc}): the checkpoint is damaged") from None
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..") and isinstance(digest, str)
+        for name, digest in files.items()
+    ):
+        raise CheckpointError(
+            f"{meta_path} has no 'files' object mapping each file name to its sha256: the checkpoint is damaged"
+        )
+    for name, digest in files.items():
         if not (path / name).is_file() or sha256_file(path / name) != digest:
             raise CheckpointError(f"{path / name} does not match the digest in {meta_path}: the checkpoint is damaged")
     return meta
@@ -80,37 +91,62 @@ def load_for_eval(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Modul
 
     ``path`` is a run directory or its ``model/`` directory. Refuses a submission whose files changed since.
     """
-    from harness.plugins import load_submission
+    from harness.plugins import SubmissionError, load_submission
 
     path = Path(path)
     if (path / MODEL_DIR).is_dir():
         path = path / MODEL_DIR
     meta = _read_dir(path)
-    submission = load_submission(meta["submission"]["path"])
+    recorded = meta.get("submission")
+    if not (
+        meta.get("kind") == "model"
+        and isinstance(meta.get("run"), dict)
+        and isinstance(meta.get("tokenizer_digest"), str)
+        and isinstance(recorded, dict)
+        and all(isinstance(recorded.get(key), str) for key in ("path", "source_digest"))
+    ):
+        raise CheckpointError(
+            f"{path / 'meta.json'} is not a model checkpoint's (it needs kind 'model', run, tokenizer_digest and "
+            "submission.path/source_digest); pass the run directory or its model/ folder"
+        )
+    try:
+        submission = load_submission(recorded["path"])
+    except SubmissionError as exc:
+        raise CheckpointError(f"the checkpoint's submission {recorded['path']} cannot be loaded: {exc}") from None
     if submission.source_digest != meta["submission"]["source_digest"]:
         raise CheckpointError(
             f"submission {submission.path} changed since the checkpoint was written "
             f"(digest {submission.source_digest[:12]} != {meta['submission']['source_digest'][:12]}); "
             f"check out the submission as it was"
         )
-    run = dataclasses.replace(Run(**meta["run"]), device=device, rank=0, local_rank=0, world_size=1)
+    try:
+        run = dataclasses.replace(Run(**meta["run"]), device=device, rank=0, local_rank=0, world_size=1)
+    except TypeError as exc:  # fields added or removed since the checkpoint was written
+        raise CheckpointError(f"{path / 'meta.json'}: its 'run' does not fit this harness's Run ({exc})") from None
     model = submission.hook.build_model(run=run)
     model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
     model.eval()
-    tokenizer = Tokenizer.load(path / "tokenizer.json")
+    try:
+        tokenizer = Tokenizer.load(path / "tokenizer.json")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     if tokenizer.digest != meta["tokenizer_digest"]:
         raise CheckpointError(f"{path / 'tokenizer.json'} does not match the recorded tokenizer digest")
     return model, tokenizer, meta
 
 
-def save_training_state(run_dir: Path, step: int, state: dict) -> Path:
-    """A periodic checkpoint: ``state`` holds model, optimizer, loader and clock states (rank 0's view)."""
+def save_training_state(run_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
+    """A periodic checkpoint: ``state`` holds model, optimizer, loader and clock states. Only the ``keep`` newest
+    intact checkpoints are kept, so long runs do not fill the disk."""
 
     def write(tmp: Path) -> dict:
         torch.save(state, tmp / "state.pt")
         return {"kind": "training", "step": step}
 
-    return _write_dir(Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:06d}", write)
+    path = _write_dir(Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:06d}", write)
+    for old in sorted(path.parent.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
 
 
 def latest_training_state(run_dir: Path) -> tuple[int, dict] | None:

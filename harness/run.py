@@ -16,10 +16,11 @@ import copy
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import math
 import os
-import signal
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -27,19 +28,24 @@ from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
+from filelock import Timeout
 from torch.nn.parallel import DistributedDataParallel
 
-from harness import checkpoint, profiles
+from evals.bpb import evaluate_bpb
+from evals.bundle import resolve_bundle
+from evals.core import evaluate_core
+from harness import checkpoint, guard, profiles
 from harness.clock import Clock, EventLog
+from harness.data import get_tokenizer, prepare_dataset
+from harness.fileio import file_lock
+from harness.guard import RunInterrupted, StopSignal, call_hook
 from harness.hookspecs import Plan, Run
-from harness.plugins import Submission, SubmissionError, load_submission
-from harness.record import environment, harness_provenance, write_record
+from harness.loader import TrainLoader, validation_rows
+from harness.plugins import Submission, SubmissionError, load_submission, submission_files
+from harness.record import harness_digest, write_record
+from harness.report import Progress, new_record, summary_table
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
-
-
-class RunInterrupted(Exception):
-    """SIGTERM (or SIGINT) arrived: stop cleanly, checkpoint, and write an `interrupted` record."""
 
 
 class RunDiverged(Exception):
@@ -81,6 +87,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue --out's run from its last checkpoint")
+    p.add_argument(
+        "--fresh-eval",
+        action="store_true",
+        help="compute CORE in a fresh process from the saved model (always done for record-eligible runs)",
+    )
     p.add_argument("--no-core", action="store_true", help="skip CORE (development; no CORE in the record)")
     p.add_argument("--wandb", metavar="PROJECT", help="log to Weights & Biases (offline unless WANDB_MODE=online)")
     args = p.parse_args(argv)
@@ -151,7 +162,8 @@ def max_over_ranks(value: float, device: torch.device, world_size: int) -> float
 # Checks on what the submission's hooks returned: fail early, naming the hook and the fix
 
 
-def check_outputs(submission: Submission, model, plan, optimizer, schedule, run: Run) -> None:
+def check_outputs(submission: Submission, model, plan, optimizer, schedule, run: Run) -> int:
+    """Check what the hooks returned; return the number of gradient accumulation micro-steps."""
     where = f"submission {submission.name} ({submission.path})"
     if not isinstance(model, torch.nn.Module):
         raise SubmissionError(f"{where}: build_model returned {type(model).__name__}, not a torch.nn.Module")
@@ -159,7 +171,10 @@ def check_outputs(submission: Submission, model, plan, optimizer, schedule, run:
         raise SubmissionError(f"{where}: plan_training returned {type(plan).__name__}, not harness.hookspecs.Plan")
     if plan.num_steps < 1 or plan.device_batch < 1 or plan.seq_len < 2:
         raise SubmissionError(f"{where}: plan_training returned an empty plan: {plan}")
-    plan.grad_accum_steps(run.world_size)  # raises with the fix when the batch does not divide
+    try:
+        accum = plan.grad_accum_steps(run.world_size)
+    except ValueError as exc:
+        raise SubmissionError(f"{where}: plan_training: {exc}") from exc
     if run.max_steps and plan.num_steps > run.max_steps:
         raise SubmissionError(f"{where}: plan_training planned {plan.num_steps} steps over the cap {run.max_steps}")
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -173,6 +188,7 @@ def check_outputs(submission: Submission, model, plan, optimizer, schedule, run:
         )
     if not callable(schedule):
         raise SubmissionError(f"{where}: build_schedule returned {type(schedule).__name__}, not a callable")
+    return accum
 
 
 def state_digest(obj) -> str:
@@ -199,122 +215,15 @@ def state_digest(obj) -> str:
     return digest.hexdigest()
 
 
-def install_signal_handlers() -> None:
-    def handler(signum, frame):
-        raise RunInterrupted(f"received {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-# ------------------------------------------------------------------------------------------------
-# Progress and summary (rank 0 only)
-
-
-class Progress:
-    """A tqdm bar on a terminal; on a pipe (CI, logs) a plain line about every 5% of the run."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-        self.bar = None
-        self.every = max(1, total // 20)
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-    def update(self, step: int, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        mfu = f"{metrics['mfu'] * 100:.1f}%" if metrics.get("mfu") is not None else "n/a"
-        text = f"loss {metrics['loss']:.4f} | {metrics['tokens_per_s']:,.0f} tok/s | MFU {mfu}"
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update(1)
-        elif (step + 1) % self.every == 0 or step + 1 == self.total:
-            eta = metrics["eta_s"]
-            print(f"step {step + 1:>6}/{self.total} | {text} | ETA {eta:,.0f}s", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def summary_table(record: dict) -> str:
-    m = record["metrics"]
-    core = m.get("core") if m.get("core") is not None else m.get("core_partial")
-    rows = [
-        ("submission", f"{record['submission']['name']} (overrides: {', '.join(record['submission']['overrides'])})"),
-        ("status", record["status"]),
-        ("profile", f"{record['profile']} ({record['run']['world_size']} x {record['run']['device']})"),
-        ("steps", f"{record['steps_completed']}" + (f" / {record['plan']['num_steps']}" if record["plan"] else "")),
-        ("tokens", f"{record['data']['tokens_consumed']:,}" if record["data"] else "-"),
-        ("training time", f"{record['training_time_s']:.1f} s ({record['training_time_s'] / 3600:.4f} h)"),
-        ("wall time", f"{record['wall_time_s']:.1f} s"),
-        ("final loss", f"{m['final_loss']:.4f}" if m.get("final_loss") is not None else "-"),
-        ("val_bpb", f"{m['val_bpb']:.4f}" if m.get("val_bpb") is not None else "-"),
-        (m.get("core_label") or "CORE", f"{core:.4f}" if core is not None else "-"),
-        (
-            "eligible",
-            "yes"
-            if record["eligibility"]["eligible"]
-            else "no: "
-            + "; ".join(record["eligibility"]["reasons"][:3])
-            + ("; ..." if len(record["eligibility"]["reasons"]) > 3 else ""),
-        ),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"| {k:<{width}} | {v}" for k, v in rows)
-
-
-# ------------------------------------------------------------------------------------------------
-
-
-def new_record(args: argparse.Namespace, argv: list[str]) -> dict:
-    return {
-        "schema_version": 1,
-        "status": "failed",
-        "submission": None,
-        "harness": harness_provenance(),
-        "command": [sys.executable, "-m", "harness.run", *argv],
-        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "finished_at": None,
-        "environment": environment(),
-        "profile": None,
-        "fingerprint": None,
-        "calibration": {},
-        "eligibility": {"eligible": False, "reasons": []},
-        "resumed": bool(args.resume),
-        "run": None,
-        "plan": None,
-        "data": None,
-        "tokenizer": None,
-        "eval_bundle": None,
-        "training_time_s": 0.0,
-        "wall_time_s": 0.0,
-        "phases": {},
-        "steps_completed": 0,
-        "metrics": {
-            "final_loss": None,
-            "val_bpb": None,
-            "core": None,
-            "core_partial": None,
-            "core_label": None,
-            "core_tasks": {},
-        },
-        "evals": [],
-        "loss_curve": [],
-        "error": None,
-    }
-
-
 def default_out_dir(submission_name: str) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return Path("runs") / f"{stamp}_{submission_name}"
 
 
-def check_writable(out: Path) -> None:
-    """Detect an unwritable or full output directory before any long work."""
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Detect an unwritable or full output directory, or one holding a finished run, before any long work."""
+    if (out / "record.json").exists() and not resume:
+        raise UsageError(f"{out} already holds a record; pass a new --out (or --resume to continue that run)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_probe"
@@ -322,7 +231,7 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise UsageError(
-            f"cannot write to the output directory {out}: {exc.strerror}; pass --out DIR on a "
+            f"cannot write to the output directory {out}: {exc.strerror or exc}; pass --out DIR on a "
             f"writable disk with free space"
         ) from exc
 
@@ -352,93 +261,96 @@ def main(argv: list[str] | None = None) -> int:
     master = rank == 0
     record.update(profile=profile.name, fingerprint=fp)
 
-    # ---- submission: a contract error (misspelt hook, import error) fails here, before data or model work
-    try:
-        submission = load_submission(args.submission)
-    except SubmissionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    record["submission"] = {
-        "name": submission.name,
-        "path": str(submission.path),
-        "source_digest": submission.source_digest,
-        "overrides": submission.overrides,
-        "files": submission.files,
-        "sources": submission.sources(),
-    }
-    out = broadcast(args.out or default_out_dir(submission.name), world_size)
+    # ---- output directory: writable with room to spare, one run at a time, never over a finished record
+    out = broadcast(args.out or default_out_dir(Path(args.submission).name), world_size)
+    lock = file_lock(out / "run", timeout=0)
     if master:
         try:
-            check_writable(out)
+            check_out_dir(out, args.resume)
+            lock.acquire()
+        except Timeout:
+            print(f"error: another run is writing to {out}; wait for it or pass another --out", file=sys.stderr)
+            return 2
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if args.wandb and master:
-        from harness.wandb_observer import WandbObserver
-
-        config = {"submission": submission.name, "profile": profile.name, "argv": argv}
-        submission.pm.register(WandbObserver(args.wandb, Path(out).name, config), name="observer:wandb")
     events = EventLog(out / "events.jsonl" if master else None, start=wall_start)
     clock = Clock(device, events)
-    events.write("run_start", None, {"submission": submission.name, "profile": profile.name, "argv": argv})
-    install_signal_handlers()
+    events.write("run_start", None, {"submission": args.submission, "profile": profile.name, "argv": argv})
+    stop = StopSignal().install()
+    state = {"step": 0, "out": out, "world_size": world_size, "record": record}
 
-    state = {"step": 0, "model": None}
+    # ---- the run itself: every way it can end produces a record
+    submission = None
     try:
-        run_training(args, profile, submission, record, clock, state, rank, local_rank, world_size, device, dtype, out)
+        referee = guard.referee_snapshot()  # the harness and eval code as imported, before any submission code
+        with clock.phase("load"):
+            submission = load_submission(args.submission)  # a contract error stops here, before data or model
+        record["submission"] = describe(submission)
+        if args.wandb and master:
+            from harness.wandb_observer import WandbObserver
+
+            config = {"submission": submission.name, "profile": profile.name, "argv": argv}
+            submission.pm.register(WandbObserver(args.wandb, out.name, config), name="observer:wandb")
+        where = Where(rank, local_rank, world_size, device, dtype)
+        run_training(args, profile, submission, record, clock, state, stop, where, referee)
         record["status"] = "finished"
     except RunDiverged as exc:
         record["status"] = "diverged"
-        record["error"] = {
-            "message": str(exc),
-            "traceback": traceback.format_exc(),
-            "step": exc.step,
-            "last_finite_loss": exc.last_finite,
-        }
+        record["error"] = {**error_of(exc), "step": exc.step, "last_finite_loss": exc.last_finite}
     except (RunInterrupted, KeyboardInterrupt) as exc:
         record["status"] = "interrupted"
-        record["error"] = {"message": str(exc) or "interrupted", "traceback": traceback.format_exc()}
+        record["error"] = error_of(exc)
+        record["checkpoint"] = checkpoint_on_interrupt(state, clock, master)
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a record
         record["status"] = "failed"
-        record["error"] = {"message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        record["error"] = error_of(exc)
+        if submission is None and isinstance(exc, SubmissionError):
+            record["submission"] = describe_unloadable(args.submission)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop.uninstall()
 
-    # ---- record: only rank 0 writes; the slowest rank's training time counts
-    record["training_time_s"] = (
-        max_over_ranks(clock.training_time_s, device, world_size)
-        if (record["status"] == "finished")
-        else clock.training_time_s
-    )
+    # ---- record: only rank 0 writes, atomically
+    record["training_time_s"] = state.get("training_time_s", clock.training_time_s)
     record["steps_completed"] = state["step"]
+    clock.flush_train(state["step"])
     record["phases"] = {k: round(v, 6) for k, v in sorted(clock.phases.items())}
     record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    clock.flush_train(state["step"])
     events.write("run_stop", None, record["status"])
     record["wall_time_s"] = round(time.time() - wall_start, 3)
     if master:
         write_record(out, record)
-        submission.hook.run_finished(record=record, run=state.get("run"))
+        if submission is not None:
+            submission.hook.run_finished(record=record, run=state.get("run"))
         print(summary_table(record))
         print(f"record: {out / 'record.json'}")
         if record["error"]:
             print(f"{record['status']}: {record['error']['message']}", file=sys.stderr)
+        lock.release()
     events.close()
     if world_size > 1 and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
     return 0 if record["status"] == "finished" else 1
 
 
-def run_training(args, profile, submission, record, clock, state, rank, local_rank, world_size, device, dtype, out):
-    from evals.bpb import evaluate_bpb
-    from evals.bundle import resolve_bundle
-    from evals.core import evaluate_core
-    from harness.data import get_tokenizer, prepare_dataset
-    from harness.loader import TrainLoader, validation_rows
+@dataclasses.dataclass(frozen=True)
+class Where:
+    """This process's place in the run."""
 
-    master = rank == 0
-    hook = submission.hook
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    dtype: str
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def run_training(args, profile, submission, record, clock, state, stop, where: Where, referee) -> None:
+    rank, world_size, device, master = where.rank, where.world_size, where.device, where.master
+    out = state["out"]
 
     # ---- data, tokenizer, eval bundle (untimed setup; each is verified against its committed digests)
     with clock.phase("setup"):
@@ -446,9 +358,9 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
         probe = Run(
             profile=profile.name,
             device=str(device),
-            dtype=dtype,
+            dtype=where.dtype,
             rank=rank,
-            local_rank=local_rank,
+            local_rank=where.local_rank,
             world_size=world_size,
             seed=args.seed,
             vocab_size=profile.vocab_size,
@@ -458,17 +370,15 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
             max_steps=min(filter(None, (args.max_steps, profile.max_steps)), default=None),
             max_batch_tokens=profile.max_batch_tokens,
         )
-        asked = hook.select_dataset(run=probe)
+        asked = call_hook(submission, "select_dataset", run=probe)
         dataset_name = profile.dataset or asked
         # Rank 0 prepares (builds, verifies, trains the tokenizer) first; the others then find it cached.
-        if master:
-            dataset = prepare_dataset(dataset_name, train_shards(args, dataset_name), data_dir=args.data_dir)
-            tokenizer = get_tokenizer(dataset, profile.vocab_size)
-        if world_size > 1:
-            torch_dist.barrier()
-        if not master:
-            dataset = prepare_dataset(dataset_name, train_shards(args, dataset_name), data_dir=args.data_dir)
-            tokenizer = get_tokenizer(dataset, profile.vocab_size)
+        for turn in ("master", "others"):
+            if (turn == "master") == master:
+                dataset = prepare_dataset(dataset_name, train_shards(args, dataset_name), data_dir=args.data_dir)
+                tokenizer = get_tokenizer(dataset, profile.vocab_size)
+            if world_size > 1:
+                torch_dist.barrier()
         bundle = None if args.no_core else resolve_bundle(args.eval_bundle)
     record["data"] = {
         "dataset": dataset.name,
@@ -488,23 +398,19 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
         }
     run = dataclasses.replace(probe, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id)
     state["run"] = run
-    record["run"] = {
-        "seed": run.seed,
-        "world_size": world_size,
-        "dtype": dtype,
-        "depth": run.depth,
-        "device": device.type,
-    }
+    record["run"] = {"seed": run.seed, "world_size": world_size, "dtype": where.dtype, "depth": run.depth,
+                     "device": device.type}  # fmt: skip
 
     # ---- model, plan, optimizer, schedule: the submission's hooks, checked before any training
     with clock.phase("build"):
         torch.manual_seed(run.seed)
-        model = hook.build_model(run=run)
-        plan = hook.plan_training(model=model, run=run)
-        optimizer = hook.build_optimizer(model=model, plan=plan, run=run)
-        schedule = hook.build_schedule(optimizer=optimizer, plan=plan, run=run)
-        check_outputs(submission, model, plan, optimizer, schedule, run)
-        accum = plan.grad_accum_steps(world_size)
+        model = call_hook(submission, "build_model", run=run)
+        plan = call_hook(submission, "plan_training", model=model, run=run)
+        optimizer = call_hook(submission, "build_optimizer", model=model, plan=plan, run=run)
+        schedule = call_hook(submission, "build_schedule", optimizer=optimizer, plan=plan, run=run)
+        accum = check_outputs(submission, model, plan, optimizer, schedule, run)
+        if master:
+            guard.check_free_space(out, checkpoint_bytes(model) * (3 if args.checkpoint_every else 1))
         loader = TrainLoader(
             dataset.train_files,
             tokenizer,
@@ -518,13 +424,14 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
         val_rows = validation_rows(dataset.val_file, tokenizer, profile.val_tokens, plan.seq_len)
         token_bytes = tokenizer.token_bytes().to(device)
         trained = DistributedDataParallel(model) if world_size > 1 else model
-    state["model"] = model
+    state.update(model=model, optimizer=optimizer, loader=loader)
     record["plan"] = {**dataclasses.asdict(plan), "grad_accum": accum}
     record["eligibility"] = eligibility(args, profile, record, bundle, dataset)
     peak = profiles.peak_flops(device)
 
     def one_step(step: int) -> tuple[torch.Tensor, dict]:
-        loss = hook.train_step(model=trained, batches=(next(loader) for _ in range(accum)), plan=plan, run=run)
+        batches = (next(loader) for _ in range(accum))
+        loss = call_hook(submission, "train_step", model=trained, batches=batches, plan=plan, run=run)
         settings = schedule(step)
         optimizer.step()
         model.zero_grad(set_to_none=True)
@@ -540,17 +447,11 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
         clock.events.write("val_bpb", step, bpb)
         return bpb
 
-    # ---- untimed warm-up on real batches (compilation, allocator), then restore the initial state exactly
+    # ---- untimed warm-up on real batches (compilation, allocator), then restore the initial state exactly;
+    # a resumed run instead restores its last checkpoint (and is never record-eligible)
     start_step = 0
     if args.resume:
-        resumed = checkpoint.latest_training_state(out)
-        if resumed is None:
-            raise FileNotFoundError(f"--resume: no intact checkpoint under {out / checkpoint.CHECKPOINTS_DIR}")
-        start_step, saved = resumed
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        loader.load_state_dict(saved["loader"][rank] if isinstance(saved["loader"], list) else saved["loader"])
-        clock.phases["train"] = saved["training_time_s"]
+        start_step = resume(out, rank, model, optimizer, loader, record, clock)
     else:
         with clock.phase("warmup", steps=profile.warmup_steps):
             initial = {
@@ -566,23 +467,21 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
             optimizer.load_state_dict(initial["optimizer"])
             loader.load_state_dict(initial["loader"])
             torch.set_rng_state(initial["rng"])
-            after = state_digest([model.state_dict(), optimizer.state_dict()])
-            if after != before:
+            if state_digest([model.state_dict(), optimizer.state_dict()]) != before:
                 raise RuntimeError(
                     "the model or optimizer state after warm-up differs from the initial state; "
                     "an optimizer keeps state outside state_dict(), which the contract forbids"
                 )
         clock.events.write("warmup_restored", None, {"state_digest": before})
 
-    # ---- timed training
+    # ---- timed training: only the steps count (harness/clock.py); a non-finite loss stops the run at once
     progress = Progress(plan.num_steps, start_step, master)
     loss_every = max(1, plan.num_steps // LOSS_CURVE_POINTS)
     last_finite = None
-    tokens_per_step = plan.total_batch_tokens
-    step_seconds = []  # each timed step's duration: the steady-state step time (harness.ci) needs them
+    step_seconds = []  # each timed step's duration, for the steady-state step time (harness.ci)
     for step in range(start_step, plan.num_steps):
         timed_before = clock.training_time_s
-        with clock.timed_step():
+        with stop.step(), clock.timed_step():
             loss, settings = one_step(step)
             loss_value = loss.item()
         step_seconds.append(clock.training_time_s - timed_before)
@@ -592,64 +491,113 @@ def run_training(args, profile, submission, record, clock, state, rank, local_ra
         last_finite = loss_value
         with clock.untimed("log"):
             step_time = clock.training_time_s / max(1, clock.train_steps)
-            tokens_per_s = tokens_per_step / step_time
+            tokens_per_s = plan.total_batch_tokens / step_time
             metrics = {
-                "loss": loss_value,
+                "loss": mean_over_ranks(loss_value, device, world_size),
                 "tokens_per_s": tokens_per_s,
                 **settings,
                 "mfu": plan.flops_per_token * tokens_per_s / (peak * world_size) if peak else None,
                 "eta_s": step_time * (plan.num_steps - step - 1),
             }
             if step % loss_every == 0 or step + 1 == plan.num_steps:
-                record["loss_curve"].append([step, round(loss_value, 6)])
-                clock.events.write("train_loss", step, round(loss_value, 6))
+                record["loss_curve"].append([step, round(metrics["loss"], 6)])
+                clock.events.write("train_loss", step, round(metrics["loss"], 6))
             progress.update(step, metrics)
-            hook.log_metrics(step=step, metrics=metrics, run=run)
+            submission.hook.log_metrics(step=step, metrics=metrics, run=run)
         if profile.eval_every and (step + 1) % profile.eval_every == 0 and step + 1 < plan.num_steps:
-            hook.log_metrics(step=step, metrics={"val_bpb": evaluate_val_bpb(step + 1)}, run=run)
+            submission.hook.log_metrics(step=step, metrics={"val_bpb": evaluate_val_bpb(step + 1)}, run=run)
         if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < plan.num_steps:
-            save_checkpoint(clock, out, step + 1, model, optimizer, loader, world_size, master)
+            save_checkpoint(clock, out, step + 1, model, optimizer, loader, record, world_size, master)
     progress.close()
+
+    # ---- what training did, agreed over ranks: the slowest rank's time counts; one proof of data for all
+    state["training_time_s"] = max_over_ranks(clock.training_time_s, device, world_size)
     clock.events.write("step_times", start_step, [round(s, 6) for s in step_seconds])  # one line, not one per step
-    record["metrics"]["final_loss"] = last_finite
-    record["metrics"]["step_time_median_s"] = statistics.median(step_seconds) if step_seconds else None
-    record["metrics"]["tokens_per_s"] = plan.total_batch_tokens * clock.train_steps / max(clock.training_time_s, 1e-9)
+    metrics = record["metrics"]
+    metrics["final_loss"] = record["loss_curve"][-1][1] if record["loss_curve"] else None
+    metrics["step_time_median_s"] = statistics.median(step_seconds) if step_seconds else None
+    metrics["tokens_per_s"] = plan.total_batch_tokens * clock.train_steps / max(clock.training_time_s, 1e-9)
     if peak:
-        record["metrics"]["mfu"] = plan.flops_per_token * record["metrics"]["tokens_per_s"] / (peak * world_size)
+        metrics["mfu"] = plan.flops_per_token * metrics["tokens_per_s"] / (peak * world_size)
     if device.type == "cuda":
-        record["metrics"]["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     record["data"]["stream_digest"] = combined_stream_digest(loader.stream_digest, world_size)
     record["data"]["tokens_consumed"] = plan.total_batch_tokens * state["step"]
 
-    # ---- final evals (untimed): val_bpb, then the final model is saved and CORE computed
-    record["metrics"]["val_bpb"] = evaluate_val_bpb(plan.num_steps)
+    # ---- final evals (untimed): val_bpb, the final model saved, the referee checked, then CORE
+    metrics["val_bpb"] = evaluate_val_bpb(plan.num_steps)
     with clock.phase("checkpoint"):
         if master:
             checkpoint.save_model(out / checkpoint.MODEL_DIR, model, tokenizer, run, submission)
-    if bundle is not None:
-        max_per_task = profile.core_max_per_task if args.max_per_task is None else args.max_per_task
-        with clock.phase("eval_core"):
+    with clock.phase("integrity"):
+        check_integrity(args, record, referee, dataset, bundle)
+    if bundle is None:
+        return
+    max_per_task = profile.core_max_per_task if args.max_per_task is None else args.max_per_task
+    fresh = args.fresh_eval or record["eligibility"]["eligible"]
+    with clock.phase("eval_core", fresh_process=fresh):
+        if fresh:
+            core = core_in_fresh_process(out, bundle, max_per_task, where) if master else None
+        else:
             model.eval()
             with torch.no_grad():
-                result = evaluate_core(
-                    model,
-                    tokenizer,
-                    bundle,
-                    max_per_task=max_per_task,
-                    device=str(device),
-                    progress=master and sys.stderr.isatty(),
-                )
-        core = result.to_dict()
-        record["metrics"].update(
+                progress_bar = master and sys.stderr.isatty()
+                result = evaluate_core(model, tokenizer, bundle, max_per_task, str(device), progress=progress_bar)
+            core = result.to_dict()
+            if master:
+                print(result.table())
+    if master:
+        metrics.update(
             core=core["core"],
             core_partial=core["core_partial"],
             core_label="CORE" if core["core"] is not None else "core_partial",
             core_tasks=core["per_task"],
         )
-        record["eval_bundle"]["max_per_task"] = max_per_task
+        record["eval_bundle"].update(max_per_task=max_per_task, evaluated_in="fresh process" if fresh else "run")
         clock.events.write("core", plan.num_steps, core["core"] if core["core"] is not None else core["core_partial"])
-        if master:
-            print(result.table())
+
+
+def check_integrity(args, record, referee, dataset, bundle) -> None:
+    """After training, the referee's code, the data and the eval bundle must be what they were at the start.
+
+    A submission that monkeypatches the harness or edits the data or bundle on disk fails here, so its run
+    can never report a result computed by modified code or files.
+    """
+    problems = []
+    replaced = guard.referee_changes(referee)
+    if replaced:
+        problems.append(f"harness functions replaced at run time: {', '.join(replaced[:5])}")
+    if harness_digest() != record["harness"]["source_digest"]:
+        problems.append("harness or eval source files changed on disk during the run")
+    data_now = prepare_dataset(dataset.name, train_shards(args, dataset.name), data_dir=args.data_dir)
+    if data_now.digest != dataset.digest:
+        problems.append(f"dataset {dataset.name} shards changed during the run")
+    if bundle is not None and resolve_bundle(args.eval_bundle).digest != bundle.digest:
+        problems.append("the eval bundle changed during the run")
+    if problems:
+        raise TamperError("; ".join(problems) + ". The referee's code and files may not be modified by a submission.")
+
+
+class TamperError(Exception):
+    """The harness code, data or eval bundle changed during a run."""
+
+
+def core_in_fresh_process(out: Path, bundle, max_per_task: int, where: Where) -> dict:
+    """CORE of the saved final model, computed by `python -m evals.core` in a new process (rank 0 only).
+
+    Nothing the submission did to this process (monkeypatching, global state) can reach that one.
+    """
+    result_path = out / "core.json"
+    device = f"cuda:{where.local_rank}" if where.device.type == "cuda" else "cpu"
+    cmd = [sys.executable, "-m", "evals.core", "--checkpoint", str(out / checkpoint.MODEL_DIR)]
+    cmd += ["--bundle", str(bundle.root), "--max-per-task", str(max_per_task), "--device", device]
+    cmd += ["--json", str(result_path)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"CORE in a fresh process failed:\n{proc.stderr[-3000:]}")
+    print(proc.stdout, end="")
+    return json.loads(result_path.read_text())
 
 
 def train_shards(args, dataset_name: str) -> int | None:
@@ -666,7 +614,21 @@ def combined_stream_digest(local: str, world_size: int) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def save_checkpoint(clock, out, step, model, optimizer, loader, world_size, master) -> None:
+def training_state(model, optimizer, loaders: list, record: dict, clock: Clock) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "loader": loaders,
+        "training_time_s": clock.training_time_s,
+        "train_steps": clock.train_steps,
+        "loss_curve": record["loss_curve"],
+        "evals": record["evals"],
+        "rng": torch.get_rng_state(),
+    }
+
+
+def save_checkpoint(clock, out, step, model, optimizer, loader, record, world_size, master) -> None:
+    """A periodic, resumable checkpoint with every rank's loader position; the two newest are kept."""
     clock.flush_train(step)
     with clock.phase("checkpoint", step=step):
         loaders = [None] * world_size
@@ -675,16 +637,95 @@ def save_checkpoint(clock, out, step, model, optimizer, loader, world_size, mast
         else:
             loaders = [loader.state_dict()]
         if master:
-            checkpoint.save_training_state(
-                out,
-                step,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "loader": loaders,
-                    "training_time_s": clock.training_time_s,
-                },
-            )
+            state = training_state(model, optimizer, loaders, record, clock)
+            checkpoint.save_training_state(out, step, state, keep=2)
+
+
+def checkpoint_on_interrupt(state: dict, clock: Clock, master: bool) -> str | None:
+    """On SIGINT/SIGTERM, save where training stopped (single process; with several ranks, the last periodic
+    checkpoint stands, since a collective cannot be trusted while ranks are being stopped)."""
+    if not master or "optimizer" not in state or state["step"] == 0 or state["world_size"] > 1:
+        return None
+    with clock.phase("checkpoint", step=state["step"]):
+        loaders = [state["loader"].state_dict()]
+        saved = training_state(state["model"], state["optimizer"], loaders, state["record"], clock)
+        path = checkpoint.save_training_state(state["out"], state["step"], saved, keep=2)
+    return str(path)
+
+
+def resume(out: Path, rank: int, model, optimizer, loader, record: dict, clock: Clock) -> int:
+    found = checkpoint.latest_training_state(out)
+    if found is None:
+        raise FileNotFoundError(
+            f"--resume: no intact checkpoint under {out / checkpoint.CHECKPOINTS_DIR}; start a new run instead"
+        )
+    step, saved = found
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if len(saved["loader"]) <= rank:
+        ranks = len(saved["loader"])
+        raise ValueError(f"the checkpoint at step {step} was written by {ranks} ranks; resume with as many")
+    loader.load_state_dict(saved["loader"][rank])
+    torch.set_rng_state(saved["rng"])
+    clock.phases["train"] = saved["training_time_s"]
+    clock.train_steps = saved["train_steps"]
+    record["loss_curve"] = list(saved["loss_curve"])
+    record["evals"] = list(saved["evals"])
+    clock.events.write("resumed", step, None)
+    return step
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About what one checkpoint takes: the weights and two optimizer moments, plus room for the record."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 3 * weights + (64 << 20)
+
+
+def mean_over_ranks(value: float, device: torch.device, world_size: int) -> float:
+    if world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch_dist.all_reduce(t)
+    return t.item() / world_size
+
+
+def error_of(exc: BaseException) -> dict:
+    message = str(exc) if isinstance(exc, SubmissionError | RunDiverged) else f"{type(exc).__name__}: {exc}"
+    return {"message": message or type(exc).__name__, "traceback": traceback.format_exc()}
+
+
+def describe(submission: Submission) -> dict:
+    return {
+        "name": submission.name,
+        "path": str(submission.path),
+        "source_digest": submission.source_digest,
+        "overrides": submission.overrides,
+        "files": submission.files,
+        "sources": submission.sources(),
+    }
+
+
+def describe_unloadable(spec: str) -> dict | None:
+    """What can be said of a submission that failed to load: its folder's files, when it is a folder."""
+    folder = Path(spec).parent if Path(spec).suffix == ".py" else Path(spec)
+    if not folder.is_dir():
+        return None
+    files = submission_files(folder.resolve())
+    lines = "".join(f"{path}\0{digest}\n" for path, digest in sorted(files.items()))
+    sources = {}
+    for rel in files:
+        try:
+            sources[rel] = (folder / rel).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+    return {
+        "name": folder.resolve().name,
+        "path": str(folder.resolve()),
+        "source_digest": hashlib.sha256(lines.encode()).hexdigest(),
+        "overrides": [],
+        "files": files,
+        "sources": sources,
+    }
 
 
 def eligibility(args, profile, record, bundle, dataset) -> dict:

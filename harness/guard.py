@@ -1,0 +1,151 @@
+"""The referee's guards: clear errors from submission hooks, clean stops on signals, storage and tamper checks.
+
+value = call_hook(submission, "build_model", run=run)   # a failure names the file, the hook and the fix
+stop = StopSignal().install()                           # SIGINT/SIGTERM stop at the next step boundary
+snapshot = referee_snapshot(); ...; referee_changes(snapshot)   # harness code replaced at run time?
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import signal
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from types import FunctionType
+
+import torch
+
+from harness.plugins import Submission, SubmissionError
+
+REFEREE_PACKAGES = ("harness", "evals")
+FIXES = {
+    "select_dataset": "return one of the catalog names (python -m harness.data list)",
+    "build_model": "fix the model construction; it must return a torch.nn.Module on run.device",
+    "plan_training": "return a harness.hookspecs.Plan whose batch divides into device_batch * seq_len * world_size",
+    "build_optimizer": "return one torch.optim.Optimizer over every trainable parameter",
+    "build_schedule": "return a callable schedule(step) -> dict",
+    "train_step": "fix the forward/backward code; it must return the mean loss as a tensor",
+}
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM arrived: the run stops at a step boundary, checkpoints, and records `interrupted`."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+    )
+
+
+def implementing_file(submission: Submission, tb) -> str:
+    """The plugin file the failing frame belongs to: the submission's own, else the baseline's, else the harness."""
+    plugin_files = {
+        str(Path(inspect.getfile(plugin)).resolve()): name
+        for name, plugin in submission.pm.list_name_plugin()
+        if inspect.ismodule(plugin)
+    }
+    found = None
+    for frame, _ in traceback.walk_tb(tb):
+        path = str(Path(frame.f_code.co_filename).resolve())
+        if path in plugin_files or path.startswith(str(submission.path)):
+            found = path
+    return found or str(submission.path / "submission.py")
+
+
+def call_hook(submission: Submission, name: str, **kwargs):
+    """Call a hook; an exception inside it becomes a SubmissionError naming the file, the hook and the fix."""
+    try:
+        return getattr(submission.hook, name)(**kwargs)
+    except (SubmissionError, RunInterrupted, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        where = implementing_file(submission, exc.__traceback__)
+        if is_out_of_memory(exc):
+            fix = "the model does not fit in memory: lower --depth, or device_batch in plan_training"
+        else:
+            fix = FIXES.get(name, "fix the hook")
+        raise SubmissionError(f"{where}: hook {name} raised {type(exc).__name__}: {exc}. Fix: {fix}.") from exc
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into RunInterrupted: at once between steps, after the current step inside one."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.in_step = False
+
+    def install(self) -> StopSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        if not self.in_step:
+            raise RunInterrupted(f"received {self.received}")
+
+    @contextmanager
+    def step(self):
+        """Defer a stop until the optimizer step is complete, so a checkpoint never holds half an update."""
+        self.in_step = True
+        try:
+            yield
+        finally:
+            self.in_step = False
+        if self.received:
+            raise RunInterrupted(f"received {self.received}")
+
+    @staticmethod
+    def uninstall() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def referee_snapshot() -> dict[str, object]:
+    """Every function and method of the loaded harness and eval modules, by qualified name."""
+    snapshot = {}
+    for module_name, module in list(sys.modules.items()):
+        if module is None or module_name.split(".")[0] not in REFEREE_PACKAGES:
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, FunctionType):
+                snapshot[f"{module_name}.{attr}"] = value
+            elif inspect.isclass(value) and value.__module__ == module_name:
+                for method, member in list(vars(value).items()):
+                    if isinstance(member, FunctionType):
+                        snapshot[f"{module_name}.{attr}.{method}"] = member
+    return snapshot
+
+
+def referee_changes(snapshot: dict[str, object]) -> list[str]:
+    """Names of harness or eval functions that were replaced since the snapshot (monkeypatching)."""
+    return sorted(name for name, original in snapshot.items() if _lookup(name) is not original)
+
+
+def _lookup(qualified: str):
+    """Resolve ``package.module.attr`` or ``package.module.Class.method`` against sys.modules, or None."""
+    parts = qualified.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        value = sys.modules.get(".".join(parts[:split]))
+        if value is None:
+            continue
+        for name in parts[split:]:
+            value = vars(value).get(name) if hasattr(value, "__dict__") else None
+        return value
+    return None
+
+
+def check_free_space(path: Path, needed_bytes: int) -> None:
+    """Refuse to start when the output directory's disk cannot hold the checkpoints and record."""
+    free = shutil.disk_usage(path).free
+    if free < needed_bytes:
+        raise OSError(
+            f"{path} has {free / 1e9:.2f} GB free but the run needs about {needed_bytes / 1e9:.2f} GB for its "
+            f"checkpoints; free some space or pass --out DIR on a larger disk"
+        )

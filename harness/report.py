@@ -1,0 +1,113 @@
+"""What a run shows and keeps: the progress line, the closing summary table, and the empty record it fills.
+
+Only rank 0 prints or writes. The record's fields are described by ``record.schema.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+
+from harness.record import environment, harness_provenance
+
+
+class Progress:
+    """A tqdm bar on a terminal; on a pipe (CI, logs) a plain line about every 5% of the run."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.total, self.enabled = total, enabled
+        self.bar = None
+        self.every = max(1, total // 20)
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        mfu = f"{metrics['mfu'] * 100:.1f}%" if metrics.get("mfu") is not None else "n/a"
+        text = f"loss {metrics['loss']:.4f} | {metrics['tokens_per_s']:,.0f} tok/s | MFU {mfu}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+        elif (step + 1) % self.every == 0 or step + 1 == self.total:
+            eta = metrics["eta_s"]
+            print(f"step {step + 1:>6}/{self.total} | {text} | ETA {eta:,.0f}s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def describe_submission(sub: dict | None) -> str:
+    if sub is None:
+        return "-"
+    return f"{sub['name']} (overrides: {', '.join(sub['overrides']) or 'none'})"
+
+
+def summary_table(record: dict) -> str:
+    """The closing lines of a run: what ran, how long it trained, what it scored, and whether it can count."""
+    m, run = record["metrics"], record["run"]
+    core = m.get("core") if m.get("core") is not None else m.get("core_partial")
+    rows = [
+        ("submission", describe_submission(record["submission"])),
+        ("status", record["status"]),
+        ("profile", f"{record['profile']}" + (f" ({run['world_size']} x {run['device']})" if run else "")),
+        ("steps", f"{record['steps_completed']}" + (f" / {record['plan']['num_steps']}" if record["plan"] else "")),
+        ("tokens", f"{record['data']['tokens_consumed']:,}" if record["data"] else "-"),
+        ("training time", f"{record['training_time_s']:.1f} s ({record['training_time_s'] / 3600:.4f} h)"),
+        ("wall time", f"{record['wall_time_s']:.1f} s"),
+        ("final loss", f"{m['final_loss']:.4f}" if m.get("final_loss") is not None else "-"),
+        ("val_bpb", f"{m['val_bpb']:.4f}" if m.get("val_bpb") is not None else "-"),
+        (m.get("core_label") or "CORE", f"{core:.4f}" if core is not None else "-"),
+        (
+            "eligible",
+            "yes"
+            if record["eligibility"]["eligible"]
+            else "no: "
+            + "; ".join(record["eligibility"]["reasons"][:3])
+            + ("; ..." if len(record["eligibility"]["reasons"]) > 3 else ""),
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"| {k:<{width}} | {v}" for k, v in rows)
+
+
+def new_record(args: argparse.Namespace, argv: list[str]) -> dict:
+    return {
+        "schema_version": 1,
+        "status": "failed",
+        "submission": None,
+        "harness": harness_provenance(),
+        "command": [sys.executable, "-m", "harness.run", *argv],
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "finished_at": None,
+        "environment": environment(),
+        "profile": None,
+        "fingerprint": None,
+        "calibration": {},
+        "eligibility": {"eligible": False, "reasons": []},
+        "resumed": bool(args.resume),
+        "run": None,
+        "plan": None,
+        "data": None,
+        "tokenizer": None,
+        "eval_bundle": None,
+        "training_time_s": 0.0,
+        "wall_time_s": 0.0,
+        "phases": {},
+        "steps_completed": 0,
+        "metrics": {
+            "final_loss": None,
+            "val_bpb": None,
+            "core": None,
+            "core_partial": None,
+            "core_label": None,
+            "core_tasks": {},
+        },
+        "evals": [],
+        "loss_curve": [],
+        "error": None,
+    }
