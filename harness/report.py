@@ -66,6 +66,8 @@ def summary_table(record: dict) -> str:
             "eligible",
             "yes"
             if record["eligibility"]["eligible"]
+            else "no (the run stopped before it was judged)"
+            if not record["eligibility"]["reasons"]
             else "no: "
             + "; ".join(record["eligibility"]["reasons"][:3])
             + ("; ..." if len(record["eligibility"]["reasons"]) > 3 else ""),

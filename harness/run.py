@@ -370,6 +370,7 @@ def run_training(args, profile, submission, record, clock, state, stop, where: W
             max_steps=min(filter(None, (args.max_steps, profile.max_steps)), default=None),
             max_batch_tokens=profile.max_batch_tokens,
         )
+        bundle = None if args.no_core else resolve_bundle(args.eval_bundle)  # first: a missing bundle fails fast
         asked = call_hook(submission, "select_dataset", run=probe)
         dataset_name = profile.dataset or asked
         # Rank 0 prepares (builds, verifies, trains the tokenizer) first; the others then find it cached.
@@ -379,7 +380,6 @@ def run_training(args, profile, submission, record, clock, state, stop, where: W
                 tokenizer = get_tokenizer(dataset, profile.vocab_size)
             if world_size > 1:
                 torch_dist.barrier()
-        bundle = None if args.no_core else resolve_bundle(args.eval_bundle)
     record["data"] = {
         "dataset": dataset.name,
         "selected": asked,
