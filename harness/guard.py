@@ -58,10 +58,20 @@ def implementing_file(submission: Submission, tb) -> str:
     return found or str(submission.path / "submission.py")
 
 
-def call_hook(submission: Submission, name: str, **kwargs):
-    """Call a hook; an exception inside it becomes a SubmissionError naming the file, the hook and the fix."""
+def hook_file(submission: Submission, hook: str) -> str:
+    """The file whose implementation answers ``hook``: the submission's when it overrides it, else the baseline's."""
+    impls = getattr(submission.hook, hook).get_hookimpls()
+    for impl in reversed(impls):  # pluggy calls the last registered (the submission) first
+        if inspect.ismodule(impl.plugin) and impl.plugin is not None:
+            return str(Path(inspect.getfile(impl.plugin)).resolve())
+    return str(submission.path / "submission.py")
+
+
+def call_hook(submission: Submission, name: str, expect: type | None = None, **kwargs):
+    """Call a hook; an exception inside it, or an answer that is not an ``expect``, becomes a SubmissionError
+    naming the file, the hook and the fix."""
     try:
-        return getattr(submission.hook, name)(**kwargs)
+        result = getattr(submission.hook, name)(**kwargs)
     except (SubmissionError, RunInterrupted, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -71,6 +81,10 @@ def call_hook(submission: Submission, name: str, **kwargs):
         else:
             fix = FIXES.get(name, "fix the hook")
         raise SubmissionError(f"{where}: hook {name} raised {type(exc).__name__}: {exc}. Fix: {fix}.") from exc
+    if expect is not None and not isinstance(result, expect):
+        wanted = f"{expect.__module__}.{expect.__qualname__}"
+        raise SubmissionError(f"{hook_file(submission, name)}: {name} returned {type(result).__name__}, not a {wanted}")
+    return result
 
 
 class StopSignal:

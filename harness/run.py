@@ -119,9 +119,12 @@ def init_distributed(profile: profiles.Profile) -> tuple[int, int, int, torch.de
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
-        # Share the cores between the ranks on this node instead of oversubscribing them.
+        # Share the cores between the ranks on this node instead of oversubscribing them. An explicit
+        # OMP_NUM_THREADS wins: on a shared machine one thread avoids OpenMP's spin-wait contention (measured on
+        # 2 busy cores, 5 steps at d2: 5-7 s on 1 thread, 14-36 s on 2).
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // local_world)
+        torch.set_num_threads(threads)
     if world_size > 1 and not torch_dist.is_initialized():
         if device.type == "cuda":
             torch_dist.init_process_group("nccl", device_id=device)
@@ -163,31 +166,29 @@ def max_over_ranks(value: float, device: torch.device, world_size: int) -> float
 
 
 def check_outputs(submission: Submission, model, plan, optimizer, schedule, run: Run) -> int:
-    """Check what the hooks returned; return the number of gradient accumulation micro-steps."""
-    where = f"submission {submission.name} ({submission.path})"
-    if not isinstance(model, torch.nn.Module):
-        raise SubmissionError(f"{where}: build_model returned {type(model).__name__}, not a torch.nn.Module")
-    if not isinstance(plan, Plan):
-        raise SubmissionError(f"{where}: plan_training returned {type(plan).__name__}, not harness.hookspecs.Plan")
+    """Check what the hooks returned, naming the file that answered; return the gradient accumulation steps."""
+
+    def fail(hook: str, problem: str):
+        raise SubmissionError(f"{guard.hook_file(submission, hook)}: {hook} {problem}")
+
     if plan.num_steps < 1 or plan.device_batch < 1 or plan.seq_len < 2:
-        raise SubmissionError(f"{where}: plan_training returned an empty plan: {plan}")
+        fail("plan_training", f"returned an empty plan: {plan}")
     try:
         accum = plan.grad_accum_steps(run.world_size)
     except ValueError as exc:
-        raise SubmissionError(f"{where}: plan_training: {exc}") from exc
+        fail("plan_training", f"planned a batch that does not divide: {exc}")
     if run.max_steps and plan.num_steps > run.max_steps:
-        raise SubmissionError(f"{where}: plan_training planned {plan.num_steps} steps over the cap {run.max_steps}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise SubmissionError(f"{where}: build_optimizer returned {type(optimizer).__name__}, not an Optimizer")
+        fail("plan_training", f"planned {plan.num_steps} steps over the cap run.max_steps={run.max_steps}")
     in_groups = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_groups]
     if missing:
-        raise SubmissionError(
-            f"{where}: build_optimizer left {len(missing)} parameters out of every group "
-            f"(first: {', '.join(missing[:3])}); add them to a parameter group"
+        fail(
+            "build_optimizer",
+            f"left {len(missing)} parameters out of every group (first: {', '.join(missing[:3])}); "
+            f"add them to a parameter group",
         )
     if not callable(schedule):
-        raise SubmissionError(f"{where}: build_schedule returned {type(schedule).__name__}, not a callable")
+        fail("build_schedule", f"returned {type(schedule).__name__}, not a callable schedule(step) -> dict")
     return accum
 
 
@@ -404,9 +405,11 @@ def run_training(args, profile, submission, record, clock, state, stop, where: W
     # ---- model, plan, optimizer, schedule: the submission's hooks, checked before any training
     with clock.phase("build"):
         torch.manual_seed(run.seed)
-        model = call_hook(submission, "build_model", run=run)
-        plan = call_hook(submission, "plan_training", model=model, run=run)
-        optimizer = call_hook(submission, "build_optimizer", model=model, plan=plan, run=run)
+        model = call_hook(submission, "build_model", expect=torch.nn.Module, run=run)
+        plan = call_hook(submission, "plan_training", expect=Plan, model=model, run=run)
+        optimizer = call_hook(
+            submission, "build_optimizer", expect=torch.optim.Optimizer, model=model, plan=plan, run=run
+        )
         schedule = call_hook(submission, "build_schedule", optimizer=optimizer, plan=plan, run=run)
         accum = check_outputs(submission, model, plan, optimizer, schedule, run)
         if master:
