@@ -23,7 +23,8 @@ from harness import checkpoint
 from harness.record import validate_record
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--profile", "cpu", "--max-steps", "6", "--no-core"]
+FAST = ["--profile", "cpu", "--depth", "2", "--max-steps", "6", "--no-core"]
+LONG = ["--profile", "cpu", "--depth", "2", "--no-core"]  # with --max-steps: runs to interrupt
 
 
 def write_submission(folder: Path, body: str) -> Path:
@@ -200,7 +201,7 @@ def test_nan_loss_stops_the_run_within_one_step_with_status_diverged(tmp_path, h
 
 def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp_path, harness_env):
     out = tmp_path / "out"
-    args = ["submissions/climbmix", "--out", str(out), "--profile", "cpu", "--max-steps", "40", "--no-core"]
+    args = ["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "24"]
     proc = start(args, harness_env)
     wait_for(lambda: steps_logged(out) >= 3 or proc.poll() is not None)
     proc.send_signal(signal.SIGTERM)
@@ -209,7 +210,7 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
     record = record_of(out)
     assert record["status"] == "interrupted" and "SIGTERM" in record["error"]["message"]
     stopped_at = record["steps_completed"]
-    assert 0 < stopped_at < 40
+    assert 0 < stopped_at < 24
     assert record["checkpoint"].endswith(f"step_{stopped_at:06d}")
     assert checkpoint.latest_training_state(out)[0] == stopped_at
 
@@ -217,14 +218,14 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     record = record_of(out)
     assert record["status"] == "finished" and record["resumed"] is True
-    assert record["steps_completed"] == 40
+    assert record["steps_completed"] == 24
     assert "resumed from a checkpoint" in record["eligibility"]["reasons"]
-    assert [step for step, _ in record["loss_curve"]] == list(range(40))  # the curve spans both sessions
+    assert [step for step, _ in record["loss_curve"]] == list(range(24))  # the curve spans both sessions
 
 
 def test_kill_9_leaves_no_record_or_checkpoint_that_later_code_trusts(tmp_path, harness_env):
     out = tmp_path / "out"
-    args = ["submissions/climbmix", "--out", str(out), "--profile", "cpu", "--max-steps", "30", "--no-core"]
+    args = ["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "20"]
     proc = start([*args, "--checkpoint-every", "2"], harness_env)
     wait_for(lambda: checkpoint.latest_training_state(out) is not None or proc.poll() is not None)
     wait_for(lambda: steps_logged(out) >= 5 or proc.poll() is not None)
@@ -239,7 +240,7 @@ def test_kill_9_leaves_no_record_or_checkpoint_that_later_code_trusts(tmp_path, 
     assert checkpoint.latest_training_state(out)[0] == step
     resumed = run([*args, "--resume"], harness_env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert record_of(out)["steps_completed"] == 30
+    assert record_of(out)["steps_completed"] == 20
 
 
 # ---- storage
@@ -265,8 +266,7 @@ def test_full_disk_is_detected_before_training_starts(tmp_path, harness_env):
 
 def test_a_second_run_into_the_same_directory_is_refused_while_the_first_runs(tmp_path, harness_env):
     out = tmp_path / "out"
-    first = start(["submissions/climbmix", "--out", str(out), "--profile", "cpu", "--max-steps", "30", "--no-core"],
-                  harness_env)  # fmt: skip
+    first = start(["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "200"], harness_env)
     wait_for(lambda: steps_logged(out) >= 1 or first.poll() is not None)
     second = run(["submissions/climbmix", "--out", str(out), *FAST], harness_env, timeout=60)
     first.send_signal(signal.SIGTERM)
@@ -302,7 +302,8 @@ def test_monkeypatching_the_core_function_fails_the_run_instead_of_changing_its_
         """,
     )
     out = tmp_path / "out"
-    proc = run([str(folder), "--out", str(out), "--profile", "cpu", "--max-steps", "4", "--max-per-task", "2"],
+    proc = run([str(folder), "--out", str(out), "--profile", "cpu", "--depth", "2", "--max-steps", "4",
+                "--max-per-task", "2"],
                harness_env)  # fmt: skip
     assert proc.returncode == 1
     record = record_of(out)
@@ -336,7 +337,8 @@ def test_fresh_process_core_ignores_what_the_submission_did_to_the_training_proc
         """,
     )
     out = tmp_path / "out"
-    args = [str(folder), "--out", str(out), "--profile", "cpu", "--max-steps", "3", "--max-per-task", "2"]
+    args = [str(folder), "--out", str(out), "--profile", "cpu", "--depth", "2", "--max-steps", "3"]
+    args += ["--max-per-task", "2"]
     proc = run([*args, "--fresh-eval"], harness_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = record_of(out)
@@ -394,8 +396,8 @@ def test_editing_the_eval_bundle_during_a_run_fails_the_run(tmp_path, harness_en
         """,
     )
     out = tmp_path / "out"
-    proc = run([str(folder), "--out", str(out), "--eval-bundle", str(bundle), "--profile", "cpu", "--max-steps", "3",
-                "--max-per-task", "2"], harness_env)  # fmt: skip
+    args = [str(folder), "--out", str(out), "--eval-bundle", str(bundle), "--profile", "cpu", "--depth", "2"]
+    proc = run([*args, "--max-steps", "3", "--max-per-task", "2"], harness_env)
     assert proc.returncode == 1
     record = record_of(out)
     assert record["status"] == "failed" and "copa.jsonl" in record["error"]["message"]
