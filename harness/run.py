@@ -264,10 +264,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- output directory: writable with room to spare, one run at a time, never over a finished record
     out = broadcast(args.out or default_out_dir(Path(args.submission).name), world_size)
-    lock = file_lock(out / "run", timeout=0)
+    lock = None
     if master:
         try:
             check_out_dir(out, args.resume)
+            lock = file_lock(out / "run", timeout=0)
             lock.acquire()
         except Timeout:
             print(f"error: another run is writing to {out}; wait for it or pass another --out", file=sys.stderr)

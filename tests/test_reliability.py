@@ -201,7 +201,7 @@ def test_nan_loss_stops_the_run_within_one_step_with_status_diverged(tmp_path, h
 
 def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp_path, harness_env):
     out = tmp_path / "out"
-    args = ["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "24"]
+    args = ["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "12"]
     proc = start(args, harness_env)
     wait_for(lambda: steps_logged(out) >= 3 or proc.poll() is not None)
     proc.send_signal(signal.SIGTERM)
@@ -210,7 +210,7 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
     record = record_of(out)
     assert record["status"] == "interrupted" and "SIGTERM" in record["error"]["message"]
     stopped_at = record["steps_completed"]
-    assert 0 < stopped_at < 24
+    assert 0 < stopped_at < 12
     assert record["checkpoint"].endswith(f"step_{stopped_at:06d}")
     assert checkpoint.latest_training_state(out)[0] == stopped_at
 
@@ -218,14 +218,14 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     record = record_of(out)
     assert record["status"] == "finished" and record["resumed"] is True
-    assert record["steps_completed"] == 24
+    assert record["steps_completed"] == 12
     assert "resumed from a checkpoint" in record["eligibility"]["reasons"]
-    assert [step for step, _ in record["loss_curve"]] == list(range(24))  # the curve spans both sessions
+    assert [step for step, _ in record["loss_curve"]] == list(range(12))  # the curve spans both sessions
 
 
 def test_kill_9_leaves_no_record_or_checkpoint_that_later_code_trusts(tmp_path, harness_env):
     out = tmp_path / "out"
-    args = ["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "20"]
+    args = ["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "14"]
     proc = start([*args, "--checkpoint-every", "2"], harness_env)
     wait_for(lambda: checkpoint.latest_training_state(out) is not None or proc.poll() is not None)
     wait_for(lambda: steps_logged(out) >= 5 or proc.poll() is not None)
@@ -240,7 +240,7 @@ def test_kill_9_leaves_no_record_or_checkpoint_that_later_code_trusts(tmp_path, 
     assert checkpoint.latest_training_state(out)[0] == step
     resumed = run([*args, "--resume"], harness_env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert record_of(out)["steps_completed"] == 20
+    assert record_of(out)["steps_completed"] == 14
 
 
 # ---- storage
