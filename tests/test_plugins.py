@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import hookspecs
+from harness.fileio import sha256_file
 from harness.plugins import SubmissionError, hook_names, load_submission
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,10 +146,13 @@ def test_misspelt_hook_fails_before_any_data_or_model_work(tmp_path):
         env={**__import__("os").environ, "SPEEDRUN_CACHE": str(tmp_path / "cache")},
         timeout=120,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert "build_optimiser" in proc.stderr and "submission.py" in proc.stderr
     assert not (tmp_path / "cache").exists()  # no data was prepared
-    assert not out.exists()
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "failed" and "unknown hook 'build_optimiser'" in record["error"]["message"]
+    assert record["submission"]["files"] == {"submission.py": sha256_file(folder / "submission.py")}
+    assert "setup" not in record["phases"] and record["steps_completed"] == 0
 
 
 def test_trace_hooks_prints_each_hook_call_with_its_implementations(tmp_path):
