@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -92,7 +93,7 @@ def resolve_bundle(path: str | Path | None = None) -> Bundle:
         path = os.environ["SPEEDRUN_EVAL_BUNDLE"]
     if path is not None:
         root = Path(path).expanduser()
-        if not (root / CONFIG_FILE).is_file():
+        if not _is_file(root / CONFIG_FILE):
             raise BundleError(
                 f"no CORE eval bundle at {root} ({CONFIG_FILE} not found); pass the folder that holds "
                 f"{CONFIG_FILE}, {META_FILE} and eval_data/, or unset SPEEDRUN_EVAL_BUNDLE to download it"
@@ -106,6 +107,14 @@ def resolve_bundle(path: str | Path | None = None) -> Bundle:
     else:
         root = download_bundle(cache_dir() / "eval_bundle", os.environ.get("SPEEDRUN_EVAL_BUNDLE_URL") or BUNDLE_URL)
     return load_bundle(root)
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but False where the OS refuses the path (a name too long, for example)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def download_bundle(dest: Path, url: str = BUNDLE_URL) -> Path:
@@ -158,8 +167,34 @@ def _extract(zip_path: Path, into: Path, url: str) -> None:
 # Verifying and parsing
 
 
-def load_manifest() -> dict[str, str | None]:
-    return json.loads(MANIFEST_PATH.read_text())["files"]
+def _read_json_object(path: Path, fix: str) -> dict:
+    """A JSON object from ``path``, or a BundleError naming the file, what is wrong with it and ``fix``."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BundleError(f"{path} is not valid UTF-8 JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} holds a JSON {type(data).__name__}, expected an object; {fix}")
+    return data
+
+
+FIRST_SEEN_FIX = "delete it (the files it pinned are pinned again on next sight)"
+
+
+def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, str | None]:
+    """The manifest's ``files``: bundle-relative path -> sha256 (64 hex digits) or null (pinned on first sight)."""
+    files = _read_json_object(path, "restore it from git").get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(digest, str) and _is_sha256(digest) or digest is None for digest in files.values()
+    ):
+        raise BundleError(
+            f"{path}: 'files' must map each bundle file to a sha256 (64 hex digits) or null; restore it from git"
+        )
+    return files
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def load_bundle(root: str | Path) -> Bundle:
@@ -169,22 +204,14 @@ def load_bundle(root: str | Path) -> Bundle:
     checker = _Checker(root, manifest)
     checker.verify(CONFIG_FILE)
     checker.verify(META_FILE)
-    try:
-        config = yaml.safe_load((root / CONFIG_FILE).read_text())
-        entries = config["icl_tasks"]
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
-        raise BundleError(f"{root / CONFIG_FILE} is not a CORE task list ({exc})") from exc
-    random_baselines = _read_baselines(root / META_FILE)
+    entries = read_config(root / CONFIG_FILE)
+    random_baselines = read_baselines(root / META_FILE)
 
     tasks, missing = [], []
     for entry in entries:
         label, rel = entry["label"], f"eval_data/{entry['dataset_uri']}"
         if label not in random_baselines:
             raise BundleError(f"{root / META_FILE} has no 'Random baseline' for task {label!r}")
-        if entry["icl_task_type"] not in TASK_TYPES:
-            raise BundleError(
-                f"task {label!r} in {root / CONFIG_FILE} has unknown icl_task_type {entry['icl_task_type']!r}"
-            )
         if not (root / rel).is_file():
             missing.append(label)
             continue
@@ -193,7 +220,7 @@ def load_bundle(root: str | Path) -> Bundle:
             TaskSpec(
                 label=label,
                 task_type=entry["icl_task_type"],
-                num_fewshot=int(entry["num_fewshot"][0]),
+                num_fewshot=entry["num_fewshot"][0],
                 delimiter=entry.get("continuation_delimiter", " "),
                 dataset_uri=entry["dataset_uri"],
                 path=root / rel,
@@ -213,9 +240,81 @@ def load_bundle(root: str | Path) -> Bundle:
     )
 
 
-def _read_baselines(path: Path) -> dict[str, float]:
-    with open(path, newline="") as f:
-        return {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(f) if row["Random baseline"]}
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise BundleError(f"{path}, line {line}: not UTF-8 text ({exc.reason}); restore the original file") from None
+
+
+def read_config(path: Path) -> list[dict]:
+    """The ``icl_tasks`` entries of a core.yaml, each checked: label, dataset_uri, icl_task_type, num_fewshot
+    ([k], k >= 0) and the optional continuation_delimiter (default " ", filled in). Raises BundleError naming
+    the file, the entry and the field."""
+    try:
+        config = yaml.safe_load(_read_text(path))
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date-like scalar such as 2024-13-45
+        raise BundleError(f"{path} is not valid YAML ({exc}); restore the original file") from None
+    entries = config.get("icl_tasks") if isinstance(config, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise BundleError(f"{path}: expected a mapping with a non-empty list 'icl_tasks' of CORE tasks")
+    checked, labels = [], set()
+    for i, entry in enumerate(entries):
+        where = f"{path}, icl_tasks[{i}]"
+        if not isinstance(entry, dict):
+            raise BundleError(f"{where}: expected a mapping with label, dataset_uri, icl_task_type and num_fewshot")
+        for key in ("label", "dataset_uri", "icl_task_type"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise BundleError(f"{where}: '{key}' must be a non-empty string, got {entry.get(key)!r}")
+        where = f"{path}, task {entry['label']!r}"
+        if entry["label"] in labels:
+            raise BundleError(f"{where}: the label appears twice; each task needs its own label")
+        labels.add(entry["label"])
+        uri = Path(entry["dataset_uri"])
+        if uri.is_absolute() or ".." in uri.parts:
+            raise BundleError(f"{where}: dataset_uri {entry['dataset_uri']!r} must be a path inside eval_data/")
+        if entry["icl_task_type"] not in TASK_TYPES:
+            raise BundleError(
+                f"{where}: unknown icl_task_type {entry['icl_task_type']!r}; expected one of {', '.join(TASK_TYPES)}"
+            )
+        shots = entry.get("num_fewshot")
+        if not (isinstance(shots, list) and len(shots) == 1 and type(shots[0]) is int and shots[0] >= 0):
+            raise BundleError(f"{where}: num_fewshot must be a one-item list [k] with k >= 0, got {shots!r}")
+        delimiter = entry.get("continuation_delimiter", " ")
+        if not isinstance(delimiter, str):
+            raise BundleError(f"{where}: continuation_delimiter must be a string, got {delimiter!r}")
+        checked.append({**entry, "continuation_delimiter": delimiter})
+    return checked
+
+
+def read_baselines(path: Path) -> dict[str, float]:
+    """eval_meta_data.csv's 'Random baseline' (percent, 0 <= rb < 100) by 'Eval Task'; rows without one are
+    skipped. Raises BundleError naming the file, the line and the value."""
+    rows = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    try:
+        columns = rows.fieldnames or []
+    except csv.Error as exc:
+        raise BundleError(f"{path} is not a CSV file ({exc}); restore the original file") from None
+    if "Eval Task" not in columns or "Random baseline" not in columns:
+        raise BundleError(f"{path}: the header must name the columns 'Eval Task' and 'Random baseline'")
+    baselines = {}
+    try:
+        for row in rows:
+            label, value = row["Eval Task"], (row["Random baseline"] or "").strip()
+            if not value:
+                continue
+            where = f"{path}, line {rows.line_num}"
+            try:
+                baseline = float(value)
+            except ValueError:
+                raise BundleError(f"{where}: 'Random baseline' of {label!r} is {value!r}, not a number") from None
+            if not 0 <= baseline < 100:  # centered_score divides by 1 - rb/100
+                raise BundleError(f"{where}: 'Random baseline' of {label!r} is {value}, expected a percent in [0, 100)")
+            baselines[label] = baseline
+    except csv.Error as exc:
+        raise BundleError(f"{path}, line {rows.line_num}: malformed CSV ({exc}); restore the original file") from None
+    return baselines
 
 
 def first_seen_path() -> Path:
@@ -231,7 +330,7 @@ class _Checker:
         self.first_seen_used: list[str] = []
         self.new_first_seen: dict[str, str] = {}
         path = first_seen_path()
-        self.first_seen = json.loads(path.read_text()) if path.is_file() else {}
+        self.first_seen = _read_json_object(path, FIRST_SEEN_FIX) if path.is_file() else {}
 
     def verify(self, rel: str) -> None:
         if rel in self.digests:  # hellaswag's file serves two labels
@@ -260,7 +359,7 @@ class _Checker:
             return
         path = first_seen_path()
         with file_lock(path):  # merge with what other processes may have recorded meanwhile
-            current = json.loads(path.read_text()) if path.is_file() else {}
+            current = _read_json_object(path, FIRST_SEEN_FIX) if path.is_file() else {}
             for rel, digest in self.new_first_seen.items():
                 if current.setdefault(rel, digest) != digest:
                     raise BundleError(

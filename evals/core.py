@@ -134,8 +134,11 @@ class Record:
 def load_records(task: TaskSpec, max_per_task: int = -1) -> list[Record]:
     """All records of a task, shuffled with Random(1337); the first ``max_per_task`` when it is positive."""
     _check_max_per_task(max_per_task)
-    with open(task.path, encoding="utf-8") as f:
-        lines = [(line_no, line) for line_no, line in enumerate(f) if line.strip()]
+    try:
+        with open(task.path, encoding="utf-8") as f:
+            lines = [(line_no, line) for line_no, line in enumerate(f) if line.strip()]
+    except UnicodeDecodeError:
+        raise CoreError(f"line {_first_undecodable_line(task.path)} of {task.path} is not UTF-8 text") from None
     # The shuffle's permutation depends only on the list's length, so shuffling raw lines and parsing only
     # the kept ones gives the same records as parsing everything first.
     random.Random(SHUFFLE_SEED).shuffle(lines)
@@ -144,10 +147,58 @@ def load_records(task: TaskSpec, max_per_task: int = -1) -> list[Record]:
     records = []
     for line_no, line in lines:
         try:
-            records.append(Record(line_no, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise CoreError(f"line {line_no + 1} of {task.path} is not JSON ({exc})") from exc
+            data = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise CoreError(f"line {line_no + 1} of {task.path} is not JSON ({exc})") from None
+        problem = record_problem(task.task_type, data)
+        if problem:
+            raise CoreError(f"line {line_no + 1} of {task.path} is not a {task.task_type} record: {problem}")
+        records.append(Record(line_no, data))
     return records
+
+
+def _first_undecodable_line(path: Path) -> int:
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return line_no + 1
+    return 0  # unreachable for a file that failed to decode
+
+
+# The fields each task type reads (core-eval.md, "Record formats"); other fields (jeopardy's category) are ignored.
+RECORD_FIELDS = {
+    "multiple_choice": {"query": str, "choices": list, "gold": int},
+    "schema": {"context_options": list, "continuation": str, "gold": int},
+    "language_modeling": {"context": str, "continuation": str},
+}
+
+
+def record_problem(task_type: str, data: object) -> str | None:
+    """What is wrong with one parsed jsonl record for ``task_type`` (naming the field), or None when it is usable."""
+    fields = RECORD_FIELDS.get(task_type)
+    if fields is None:
+        return f"unknown task type {task_type!r}; expected one of {', '.join(RECORD_FIELDS)}"
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    for name, kind in fields.items():
+        value = data.get(name)
+        if type(value) is not kind:  # exact type: a bool is not a gold index
+            return f"field {name!r} must be a {kind.__name__}, got {type(value).__name__} {_short(value)}"
+    name = {"multiple_choice": "choices", "schema": "context_options"}.get(task_type)
+    if name is not None:  # the options the gold index points into
+        options = data[name]
+        if not options or not all(isinstance(o, str) for o in options):
+            return f"field {name!r} must be a non-empty list of strings, got {_short(options)}"
+        if not 0 <= data["gold"] < len(options):
+            return f"field 'gold' is {data['gold']}, outside the {len(options)} {name} (0-{len(options) - 1})"
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_max_per_task(max_per_task: int) -> None:
@@ -527,11 +578,21 @@ def main(argv: list[str] | None = None) -> CoreResult:
     parser.add_argument("--json", type=Path, default=None, help="write the result (to_dict) to this .json")
     args = parser.parse_args(argv)
 
-    from evals.bundle import resolve_bundle
-    from harness.checkpoint import load_for_eval
+    from evals.bundle import BundleError, resolve_bundle
+    from harness.checkpoint import CheckpointError, load_for_eval
     from harness.fileio import atomic_write_json, atomic_write_text
 
+    if args.max_per_task == 0 or args.max_per_task < -1:
+        parser.error(f"--max-per-task {args.max_per_task}: pass -1 for every record, or a positive cap")
+    if args.batch_tokens is not None and args.batch_tokens <= 0:
+        parser.error(f"--batch-tokens {args.batch_tokens}: pass a positive number of padded tokens per forward")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device {device!r} is not a torch device; use cuda, cuda:N or cpu")
+    if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device {device!r}: this machine offers cpu{' and cuda' if torch.cuda.is_available() else ''}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -540,8 +601,14 @@ def main(argv: list[str] | None = None) -> CoreResult:
     elif device == "cuda":
         device = f"cuda:{torch.cuda.current_device()}"
     rank = dist.get_rank() if dist.is_initialized() else 0
-    model, tokenizer, meta = load_for_eval(args.checkpoint, device)
-    bundle = resolve_bundle(args.bundle)
+    try:
+        model, tokenizer, meta = load_for_eval(args.checkpoint, device)
+    except CheckpointError as exc:
+        parser.error(f"--checkpoint: {exc}")  # the message names the folder
+    try:
+        bundle = resolve_bundle(args.bundle)
+    except BundleError as exc:
+        parser.error(f"--bundle: {exc}")
     # The model was rebuilt through its submission's build_model with the run's compute dtype, exactly as in
     # training, so it is evaluated as it is: no autocast here, or the two numbers could differ.
     forward = model

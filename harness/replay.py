@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from harness.fileio import sha256_bytes
+from harness.record import validate_record
 from harness.run import parse_args
 
 EXACT = {
@@ -45,11 +46,15 @@ def dig(record: dict, path: tuple[str, ...]):
 def materialize_sources(record: dict, folder: Path) -> Path:
     """Write the record's submission files into ``folder/<name>``, verifying each against its digest."""
     sub = record["submission"]
+    if sub is None:
+        raise SystemExit("cannot replay: the record has no submission (the run stopped before loading it)")
     missing = sorted(set(sub["files"]) - set(sub["sources"]))
     if missing:
         raise SystemExit(f"cannot replay: the record embeds no text for {', '.join(missing)} (binary files)")
     target = folder / sub["name"]
     for rel, text in sub["sources"].items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or Path(sub["name"]).name != sub["name"]:
+            raise SystemExit(f"cannot replay: embedded source {sub['name']}/{rel} would be written outside {folder}")
         data = text.encode("utf-8")
         if sha256_bytes(data) != sub["files"][rel]:
             raise SystemExit(f"cannot replay: embedded source {rel} does not match its recorded digest")
@@ -99,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="directory for the replayed run (default: a temporary one)")
     p.add_argument("--json", type=Path, help="write the comparison as JSON here")
     args = p.parse_args(argv)
-    path = args.record / "record.json" if args.record.is_dir() else args.record
+    path = args.record
     try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        if path.is_dir():
+            path = path / "record.json"
+        old = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         p.error(f"cannot read record {path}: {exc}")
+    errors = validate_record(old)
+    if errors:
+        shown = "\n  ".join(errors[:10]) + ("\n  ..." if len(errors) > 10 else "")
+        p.error(f"{path} is not a valid run record (harness/record.schema.json):\n  {shown}")
     with tempfile.TemporaryDirectory(prefix="speedrun-replay-") as tmp:
         submission_dir = materialize_sources(old, Path(tmp))
         out = args.out or Path(tmp) / "run"

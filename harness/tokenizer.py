@@ -101,15 +101,25 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
+        """Read a file written by ``save``; raises ValueError naming the file and what is wrong with it."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_bytes().decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
             if data.get("format_version") != FORMAT_VERSION or data.get("special_tokens") != SPECIAL_TOKENS:
                 raise ValueError("unknown format version or special tokens")
-            ranks = {base64.b64decode(token): rank for rank, token in enumerate(data["ranks"])}
+            if not isinstance(data.get("pattern"), str) or not isinstance(data.get("ranks"), list):
+                raise ValueError("'pattern' must be a string and 'ranks' a list of base64 tokens")
+            ranks = {base64.b64decode(token, validate=True): rank for rank, token in enumerate(data["ranks"])}
+            if len(ranks) != len(data["ranks"]):
+                raise ValueError("'ranks' lists a token twice")
+            if any(bytes([b]) not in ranks for b in range(256)):
+                raise ValueError("'ranks' lacks some of the 256 single-byte tokens every text needs")
             return cls(ranks, pattern=data["pattern"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"tokenizer file {path} is unreadable ({exc}); delete it to retrain") from exc
+        except (OSError, ValueError, TypeError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError,
+            # binascii.Error (bad base64) and tiktoken's bad-pattern error are ValueErrors
+            raise ValueError(f"tokenizer file {path} is unreadable ({exc}); delete it to retrain") from None
 
 
 def train_tokenizer(texts: Iterator[str] | Iterable[str], vocab_size: int) -> Tokenizer:

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except LeaderboardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # --root or a run path the file system refuses (a name too long, no permission)
+        print(f"error: {e.filename}: {e.strerror}; check the paths given", file=sys.stderr)
+        return 1
     return 0
 
 

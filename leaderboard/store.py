@@ -106,19 +106,19 @@ class Entry:
 def read_events(path: Path) -> list[dict]:
     """The event log, one JSON object per line. A malformed last line (a killed run) is skipped;
     a malformed line anywhere else means a damaged file and is refused."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = Path(path).read_bytes().splitlines()  # bytes: a cut-off last line may end inside a UTF-8 character
     events = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            event = json.loads(line)
-        except json.JSONDecodeError as e:
+            event = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             if i == len(lines) - 1:
                 continue  # the run was killed mid-write: everything before this line is whole
             raise LeaderboardError(
-                f"{path}:{i + 1}: not JSON ({e.msg}); the log is damaged, re-copy it from the run"
-            ) from e
+                f"{path}:{i + 1}: not JSON ({e}); the log is damaged, re-copy it from the run"
+            ) from None
         if not isinstance(event, dict):
             raise LeaderboardError(f"{path}:{i + 1}: expected a JSON object per line, got {type(event).__name__}")
         events.append(event)
@@ -127,18 +127,29 @@ def read_events(path: Path) -> list[dict]:
 
 def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    try:
+        missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    except OSError as e:  # a name too long for the file system, for example
+        raise LeaderboardError(f"{run_dir}: not a run directory ({e.strerror})") from None
     if missing:
         raise LeaderboardError(
             f"{run_dir}: missing {', '.join(missing)}; pass the run directory the harness wrote (it holds both)"
         )
-    try:
-        record = json.loads((run_dir / "record.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise LeaderboardError(f"{run_dir / 'record.json'}: not JSON ({e}); the record is damaged") from e
-    if not isinstance(record, dict):
-        raise LeaderboardError(f"{run_dir / 'record.json'}: expected a JSON object")
+    record = read_json_object(run_dir / "record.json", "the record is damaged; re-copy it from the run")
     return Run(run_dir, record, read_events(run_dir / "events.jsonl"))
+
+
+def read_json_object(path: Path, fix: str) -> dict:
+    """A JSON object from ``path``, or a LeaderboardError naming the file, what is wrong and ``fix``."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise LeaderboardError(f"{path}: cannot read it ({e.strerror}); {fix}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise LeaderboardError(f"{path}: not UTF-8 JSON ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise LeaderboardError(f"{path}: expected a JSON object, got {type(data).__name__}; {fix}")
+    return data
 
 
 def _schema_errors(record: dict) -> list[str]:
@@ -167,7 +178,11 @@ def read_pins(root: Path) -> dict[str, str | None]:
     path = Path(root) / "track.json"
     if not path.exists():
         raise LeaderboardError(f"{path} is missing; restore it from git (it pins the record track's digests)")
-    pins = json.loads(path.read_text(encoding="utf-8"))["record"]["pins"]
+    pins = _get(read_json_object(path, "restore it from git"), "record", "pins")
+    if not isinstance(pins, dict) or not all(pins.get(s) is None or isinstance(pins.get(s), str) for s in PINNED):
+        raise LeaderboardError(
+            f"{path}: expected record.pins mapping {', '.join(PINNED)} to a digest or null; restore it from git"
+        )
     return {section: pins.get(section) for section in PINNED}
 
 
@@ -434,13 +449,37 @@ def load_entry_metas(root: str | Path, track: str) -> list[dict]:
     track_dir = Path(root) / TRACK_DIRS[track]
     if not track_dir.is_dir():
         return []
-    paths = sorted(p / "entry.json" for p in track_dir.iterdir() if (p / "entry.json").is_file())
-    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    paths = sorted(p for p in track_dir.iterdir() if (p / "entry.json").is_file())
+    return [read_entry_meta(p) for p in paths]
+
+
+# The fields of entry.json that the store and the renderer read, as ``add_entry`` writes them.
+ENTRY_FIELDS = {"name": str, "seq": int, "date": str, "description": str, "contributors": list, "submission": str,
+                "source_digest": str, "runs": list}  # fmt: skip
+
+
+def read_entry_meta(path: Path) -> dict:
+    """An entry's entry.json, checked for the fields the board reads; LeaderboardError naming the field if not."""
+    meta = read_json_object(path / "entry.json", "restore it from git")
+    for key, kind in ENTRY_FIELDS.items():
+        if type(meta.get(key)) is not kind:
+            raise LeaderboardError(f"{path / 'entry.json'}: '{key}' must be a {kind.__name__}; restore it from git")
+    for run in meta["runs"]:
+        files = run.get("files") if isinstance(run, dict) else None
+        name = run.get("dir") if isinstance(run, dict) else None
+        if not (isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")) or not (
+            isinstance(files, dict) and all(f in RUN_FILES and isinstance(d, str) for f, d in files.items())
+        ):
+            raise LeaderboardError(
+                f"{path / 'entry.json'}: each of 'runs' needs a 'dir' (a folder name) and 'files' (run file -> "
+                "sha256); restore it from git"
+            )
+    return meta
 
 
 def load_entry(path: Path, track: str) -> Entry:
     """An entry with its runs; each stored file must still match the digest taken when it was filed."""
-    meta = json.loads((path / "entry.json").read_text(encoding="utf-8"))
+    meta = read_entry_meta(path)
     runs = []
     for run in meta["runs"]:
         for file, digest in run["files"].items():
