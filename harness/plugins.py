@@ -145,9 +145,17 @@ def check_hook_functions(module: ModuleType, valid: list[str]) -> None:
     """Reject misspelt hooks and hook-named functions without @hookimpl, naming the file and valid names."""
     path = getattr(module, "__file__", module.__name__)
     for attr, value in vars(module).items():
-        if not callable(value) or getattr(value, "__module__", None) != module.__name__:
+        if not callable(value):
             continue
         marked = hasattr(value, "speedrun_impl")
+        if marked and attr not in valid and getattr(value, "__module__", None) != module.__name__:
+            raise SubmissionError(
+                f"{path}: {attr!r} is a hook implementation imported from {value.__module__}, and pluggy would "
+                f"register it as an unknown hook. Import its module instead (`from baselines.nanochat import "
+                f"submission as baseline`) and call `baseline.{value.__name__}(...)` inside your own hook."
+            )
+        if getattr(value, "__module__", None) != module.__name__:
+            continue
         if marked and attr not in valid:
             close = difflib.get_close_matches(attr, valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""

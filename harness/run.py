@@ -97,10 +97,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.resume and args.out is None:
         p.error("--resume needs --out DIR, the run directory to continue")
-    for name in ("depth", "max_steps", "checkpoint_every"):
+    for name in ("depth", "max_steps", "checkpoint_every", "train_shards"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "checkpoint_every" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.max_per_task is not None and args.max_per_task != -1 and args.max_per_task < 1:
+        p.error(f"--max-per-task must be -1 (every record) or positive, got {args.max_per_task}")
+    if not 0 <= args.seed < 2**63:
+        p.error(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
     return args
 
 
@@ -223,9 +227,8 @@ def default_out_dir(submission_name: str) -> Path:
 
 def check_out_dir(out: Path, resume: bool) -> None:
     """Detect an unwritable or full output directory, or one holding a finished run, before any long work."""
-    if (out / "record.json").exists() and not resume:
-        raise UsageError(f"{out} already holds a record; pass a new --out (or --resume to continue that run)")
     try:
+        finished = (out / "record.json").exists()
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_probe"
         probe.write_bytes(b"\0" * (1 << 20))
@@ -235,6 +238,8 @@ def check_out_dir(out: Path, resume: bool) -> None:
             f"cannot write to the output directory {out}: {exc.strerror or exc}; pass --out DIR on a "
             f"writable disk with free space"
         ) from exc
+    if finished and not resume:
+        raise UsageError(f"{out} already holds a record; pass a new --out (or --resume to continue that run)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,15 @@ def test_hook_named_function_without_decorator_is_rejected(tmp_path):
         load_submission(str(folder))
 
 
+def test_a_hook_implementation_imported_under_another_name_is_rejected_with_the_fix(tmp_path):
+    folder = write_submission(
+        tmp_path / "aliased",
+        "from baselines.nanochat.submission import build_model as baseline_build_model\n",
+    )
+    with pytest.raises(SubmissionError, match="Import its module instead"):
+        load_submission(str(folder))
+
+
 def test_hook_with_an_unknown_argument_is_rejected(tmp_path):
     folder = write_submission(
         tmp_path / "badarg",

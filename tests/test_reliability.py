@@ -318,13 +318,13 @@ def test_fresh_process_core_ignores_what_the_submission_did_to_the_training_proc
         """
         import torch
         from harness import hookimpl
-        from harness.defaults import train_step as default_train_step
+        from harness import defaults
 
         CALLS = {"n": 0}
 
         @hookimpl
         def train_step(model, batches, plan, run):
-            loss = default_train_step(model, batches, plan, run)
+            loss = defaults.train_step(model, batches, plan, run)
             CALLS["n"] += 1
             if CALLS["n"] == 1 + plan.num_steps:  # after the last step (1 warm-up step on the cpu profile)
                 # Every later cross entropy in this process is zero: an in-process CORE would be worthless.
