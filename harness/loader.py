@@ -47,10 +47,19 @@ TEXT_COLUMN = "text"
 # Tokenizing a row group
 
 
+class ShardReadError(OSError):
+    """A shard that was verified at the start of the run can no longer be read."""
+
+
 def read_row_group(path: Path, row_group: int) -> list[str]:
-    return (
-        pq.ParquetFile(path).read_row_group(row_group, columns=[TEXT_COLUMN], use_threads=False).column(0).to_pylist()
-    )
+    try:
+        table = pq.ParquetFile(path).read_row_group(row_group, columns=[TEXT_COLUMN], use_threads=False)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ShardReadError(
+            f"shard {path} cannot be read (row group {row_group}): {exc}. It was verified when the run started, "
+            f"so it changed during the run; verify it with `python -m harness.data verify` and re-download it"
+        ) from exc
+    return table.column(0).to_pylist()
 
 
 def encode_documents(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
