@@ -51,14 +51,23 @@ class ShardReadError(OSError):
     """A shard that was verified at the start of the run can no longer be read."""
 
 
-def read_row_group(path: Path, row_group: int) -> list[str]:
+def parquet_file(path: Path) -> pq.ParquetFile:
     try:
-        table = pq.ParquetFile(path).read_row_group(row_group, columns=[TEXT_COLUMN], use_threads=False)
+        return pq.ParquetFile(path)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise ShardReadError(
-            f"shard {path} cannot be read (row group {row_group}): {exc}. It was verified when the run started, "
-            f"so it changed during the run; verify it with `python -m harness.data verify` and re-download it"
+            f"shard {path} cannot be read: {exc}. It was verified when the run started, so it changed during the "
+            f"run; check it with `python -m harness.data verify` and download it again"
         ) from exc
+
+
+def read_row_group(path: Path, row_group: int) -> list[str]:
+    try:
+        table = parquet_file(path).read_row_group(row_group, columns=[TEXT_COLUMN], use_threads=False)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ShardReadError):
+            raise
+        raise ShardReadError(f"shard {path}, row group {row_group}, cannot be read: {exc}") from exc
     return table.column(0).to_pylist()
 
 
@@ -272,7 +281,7 @@ class TrainLoader:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.row_groups = [pq.ParquetFile(f).num_row_groups for f in self.files]
+        self.row_groups = [parquet_file(f).num_row_groups for f in self.files]
         self.units_per_epoch = sum(len(range(rank, n, world_size)) for n in self.row_groups)
         if self.units_per_epoch == 0:
             raise ValueError(
@@ -462,7 +471,7 @@ def validation_rows(
     if num_rows < 1:
         raise ValueError(f"num_tokens={num_tokens} is less than one row of seq_len={seq_len}")
     val_file = Path(val_file)
-    num_groups = pq.ParquetFile(val_file).num_row_groups
+    num_groups = parquet_file(val_file).num_row_groups
     out = torch.empty((num_rows, seq_len + 1), dtype=torch.int64)
     with ThreadPoolExecutor(threads, thread_name_prefix="speedrun-val") as pool:
         prefetcher = _Prefetcher(
