@@ -214,3 +214,14 @@ def test_auto_profile_resolves_to_cpu_without_a_gpu():
     from harness.profiles import resolve_profile
 
     assert resolve_profile("auto").name == "cpu"
+
+
+def test_wandb_logs_offline_by_default_and_the_run_finishes(tmp_path, harness_env):
+    env = {k: v for k, v in harness_env.items() if k != "WANDB_MODE"}  # the harness must pick offline itself
+    env["WANDB_DIR"] = str(tmp_path)
+    out = tmp_path / "out"
+    args = ["submissions/climbmix", "--out", str(out), "--profile", "cpu", "--depth", "2", "--max-steps", "3"]
+    proc = harness_run([*args, "--no-core", "--wandb", "speedrun-test"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
