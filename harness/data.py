@@ -189,7 +189,7 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def data_dir() -> Path:
-    """Root of the local shard copies: $SPEEDRUN_DATA_DIR (set by --data-dir) or ``<cache>/data``."""
+    """Root of the local shard copies: $SPEEDRUN_DATA_DIR or ``<cache>/data`` (``--data-dir`` overrides both)."""
     root = os.environ.get("SPEEDRUN_DATA_DIR")
     return Path(root) if root else cache_dir() / "data"
 
@@ -808,9 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = getattr(args, "data_dir", None)
-    if root is not None:
-        os.environ["SPEEDRUN_DATA_DIR"] = str(root)  # so everything downstream sees the same directory
+    root = getattr(args, "data_dir", None)  # passed to every call below; the environment is left alone
 
     try:
         if args.command == "list":

@@ -28,8 +28,9 @@ def session_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def harness_env(session_cache, eval_bundle_dir) -> dict[str, str]:
     """Environment for harness subprocesses: the session cache, the bundle, and no wandb traffic."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("SPEEDRUN_")}
     return {
-        **os.environ,
+        **inherited,
         "SPEEDRUN_CACHE": str(session_cache),
         "SPEEDRUN_EVAL_BUNDLE": str(eval_bundle_dir),
         "WANDB_MODE": "disabled",
