@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         target = scaffold(args.name, args.source, args.root)
-    except (ValueError, FileExistsError, SubmissionError) as exc:
+    except (ValueError, OSError, SubmissionError) as exc:  # FileExistsError is an OSError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"created {target}/{HOOKS_FILE} and {target}/README.md")

@@ -745,9 +745,6 @@ def test_harness_new_command_line_returns_a_status_or_exits_2_with_the_usage(emp
     assert isinstance(result, SystemExit) or result in (0, 2)
 
 
-@pytest.mark.xfail(strict=False, raises=OSError, reason="harness/new.py: scaffold's target.exists() raises OSError "
-                   "for a name too long for the file system; main catches only ValueError, FileExistsError and "
-                   "SubmissionError")  # fmt: skip
 def test_harness_new_with_a_root_too_long_for_the_file_system_exits_2(empty_cwd):
     with contextlib.chdir(empty_cwd):
         assert _parse_or_usage_error(new_cli.main, ["my_idea", "--root", LONG_NAME]) == 2
