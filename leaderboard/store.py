@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.clock import read_events as harness_read_events
 from harness.fileio import atomic_write_json, atomic_write_text, file_lock, sha256_file
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -104,25 +105,12 @@ class Entry:
 
 
 def read_events(path: Path) -> list[dict]:
-    """The event log, one JSON object per line. A malformed last line (a killed run) is skipped;
-    a malformed line anywhere else means a damaged file and is refused."""
-    lines = Path(path).read_bytes().splitlines()  # bytes: a cut-off last line may end inside a UTF-8 character
-    events = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            if i == len(lines) - 1:
-                continue  # the run was killed mid-write: everything before this line is whole
-            raise LeaderboardError(
-                f"{path}:{i + 1}: not JSON ({e}); the log is damaged, re-copy it from the run"
-            ) from None
-        if not isinstance(event, dict):
-            raise LeaderboardError(f"{path}:{i + 1}: expected a JSON object per line, got {type(event).__name__}")
-        events.append(event)
-    return events
+    """The event log, read by the harness's own reader (a cut-off last line is skipped); damage anywhere else
+    is refused."""
+    try:
+        return harness_read_events(path)
+    except ValueError as e:
+        raise LeaderboardError(f"{e}; the log is damaged, re-copy it from the run") from None
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -220,7 +220,7 @@ def test_a_damaged_middle_event_line_is_refused_naming_the_file_and_line(scratch
     path.write_bytes(b"\n".join(lines) + b"\n")
     with raises_naming(ValueError, path, f"line {position + 1}"):
         read_events(path)
-    with raises_naming(store.LeaderboardError, path, f":{position + 1}:"):
+    with raises_naming(store.LeaderboardError, path, f"line {position + 1}"):
         store.read_events(path)
 
 

@@ -151,7 +151,7 @@ def test_a_killed_runs_half_written_last_event_is_skipped_but_a_damaged_middle_i
     assert events[-1]["event"] == "run_stop"
     lines = (run / "events.jsonl").read_text().splitlines()
     (run / "events.jsonl").write_text("\n".join(lines[:3] + ["{oops"] + lines[3:]) + "\n")
-    with pytest.raises(LeaderboardError, match=r"events.jsonl:4: not JSON"):
+    with pytest.raises(LeaderboardError, match=r"events.jsonl: line 4 is not UTF-8 JSON"):
         read_events(run / "events.jsonl")
 
 
