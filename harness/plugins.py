@@ -63,19 +63,27 @@ class Submission:
 
     @property
     def source_digest(self) -> str:
-        """One digest over the submission folder's files (names and contents)."""
-        lines = "".join(f"{path}\0{digest}\n" for path, digest in sorted(self.files.items()))
-        return hashlib.sha256(lines.encode()).hexdigest()
+        return source_digest(self.files)
 
     def sources(self) -> dict[str, str]:
-        """The submission's text files, for embedding in the record."""
-        out = {}
-        for rel in sorted(self.files):
-            try:
-                out[rel] = (self.path / rel).read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                continue  # binary files are identified by digest only
-        return out
+        return read_sources(self.path, self.files)
+
+
+def source_digest(files: dict[str, str]) -> str:
+    """One digest over a submission folder's files (relative names and contents)."""
+    lines = "".join(f"{path}\0{digest}\n" for path, digest in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def read_sources(folder: Path, files: dict[str, str]) -> dict[str, str]:
+    """The folder's text files, for embedding in a record; binary files are identified by digest only."""
+    out = {}
+    for rel in sorted(files):
+        try:
+            out[rel] = (folder / rel).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+    return out
 
 
 def submission_files(folder: Path) -> dict[str, str]:

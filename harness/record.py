@@ -10,6 +10,7 @@ digests of the data, tokenizer and eval bundle, phase times and the metrics.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -60,8 +61,6 @@ def _git(*args: str) -> str | None:
 
 def harness_digest() -> str:
     """sha256 over the harness and eval code files, so a record pins the referee even outside git."""
-    import hashlib
-
     digest = hashlib.sha256()
     for package in HARNESS_PACKAGES:
         for path in sorted((REPO_ROOT / package).rglob("*")):

@@ -41,7 +41,14 @@ from harness.fileio import file_lock
 from harness.guard import RunInterrupted, StopSignal, call_hook
 from harness.hookspecs import Plan, Run
 from harness.loader import TrainLoader, validation_rows
-from harness.plugins import Submission, SubmissionError, load_submission, submission_files
+from harness.plugins import (
+    Submission,
+    SubmissionError,
+    load_submission,
+    read_sources,
+    source_digest,
+    submission_files,
+)
 from harness.record import harness_digest, write_record
 from harness.report import Progress, new_record, summary_table
 
@@ -157,12 +164,13 @@ def broadcast(value, world_size: int):
     return box[0]
 
 
-def max_over_ranks(value: float, device: torch.device, world_size: int) -> float:
+def reduce_over_ranks(value: float, device: torch.device, world_size: int, op: str = "max") -> float:
+    """The maximum or mean of a per-rank number over all ranks (the number itself with one rank)."""
     if world_size == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
-    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-    return t.item()
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX if op == "max" else torch_dist.ReduceOp.SUM)
+    return t.item() if op == "max" else t.item() / world_size
 
 
 # ------------------------------------------------------------------------------------------------
@@ -502,7 +510,7 @@ def run_training(args, profile, submission, record, clock, state, stop, where: W
             step_time = clock.training_time_s / max(1, clock.train_steps)
             tokens_per_s = plan.total_batch_tokens / step_time
             metrics = {
-                "loss": mean_over_ranks(loss_value, device, world_size),
+                "loss": reduce_over_ranks(loss_value, device, world_size, "mean"),
                 "tokens_per_s": tokens_per_s,
                 **settings,
                 "mfu": plan.flops_per_token * tokens_per_s / (peak * world_size) if peak else None,
@@ -520,7 +528,7 @@ def run_training(args, profile, submission, record, clock, state, stop, where: W
     progress.close()
 
     # ---- what training did, agreed over ranks: the slowest rank's time counts; one proof of data for all
-    state["training_time_s"] = max_over_ranks(clock.training_time_s, device, world_size)
+    state["training_time_s"] = reduce_over_ranks(clock.training_time_s, device, world_size, "max")
     clock.events.write("step_times", start_step, [round(s, 6) for s in step_seconds])  # one line, not one per step
     metrics = record["metrics"]
     metrics["final_loss"] = record["loss_curve"][-1][1] if record["loss_curve"] else None
@@ -690,14 +698,6 @@ def checkpoint_bytes(model: torch.nn.Module) -> int:
     return 3 * weights + (64 << 20)
 
 
-def mean_over_ranks(value: float, device: torch.device, world_size: int) -> float:
-    if world_size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    torch_dist.all_reduce(t)
-    return t.item() / world_size
-
-
 def error_of(exc: BaseException) -> dict:
     message = str(exc) if isinstance(exc, SubmissionError | RunDiverged) else f"{type(exc).__name__}: {exc}"
     return {"message": message or type(exc).__name__, "traceback": traceback.format_exc()}
@@ -716,24 +716,17 @@ def describe(submission: Submission) -> dict:
 
 def describe_unloadable(spec: str) -> dict | None:
     """What can be said of a submission that failed to load: its folder's files, when it is a folder."""
-    folder = Path(spec).parent if Path(spec).suffix == ".py" else Path(spec)
+    folder = (Path(spec).parent if Path(spec).suffix == ".py" else Path(spec)).resolve()
     if not folder.is_dir():
         return None
-    files = submission_files(folder.resolve())
-    lines = "".join(f"{path}\0{digest}\n" for path, digest in sorted(files.items()))
-    sources = {}
-    for rel in files:
-        try:
-            sources[rel] = (folder / rel).read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
+    files = submission_files(folder)
     return {
-        "name": folder.resolve().name,
-        "path": str(folder.resolve()),
-        "source_digest": hashlib.sha256(lines.encode()).hexdigest(),
+        "name": folder.name,
+        "path": str(folder),
+        "source_digest": source_digest(files),
         "overrides": [],
         "files": files,
-        "sources": sources,
+        "sources": read_sources(folder, files),
     }
 
 
