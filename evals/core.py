@@ -560,6 +560,28 @@ def evaluate_core(
 # Command line: evaluate a saved checkpoint in a fresh process
 
 
+def eval_process_device(parser: argparse.ArgumentParser, requested: str | None) -> str:
+    """The device of an eval command (``--device``, default cuda when present); joins torchrun's group if launched so.
+
+    A device this machine lacks is a usage error naming what it offers.
+    """
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device {device!r} is not a torch device; use cuda, cuda:N or cpu")
+    if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device {device!r}: this machine offers cpu{' and cuda' if torch.cuda.is_available() else ''}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    elif device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
+    return device
+
+
 def main(argv: list[str] | None = None) -> CoreResult:
     """``python -m evals.core --checkpoint PATH``: load a harness checkpoint and print the per-task table."""
     parser = argparse.ArgumentParser(prog="python -m evals.core", description="Evaluate CORE on a saved checkpoint.")
@@ -586,20 +608,7 @@ def main(argv: list[str] | None = None) -> CoreResult:
         parser.error(f"--max-per-task {args.max_per_task}: pass -1 for every record, or a positive cap")
     if args.batch_tokens is not None and args.batch_tokens <= 0:
         parser.error(f"--batch-tokens {args.batch_tokens}: pass a positive number of padded tokens per forward")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        parser.error(f"--device {device!r} is not a torch device; use cuda, cuda:N or cpu")
-    if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
-        parser.error(f"--device {device!r}: this machine offers cpu{' and cuda' if torch.cuda.is_available() else ''}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    elif device == "cuda":
-        device = f"cuda:{torch.cuda.current_device()}"
+    device = eval_process_device(parser, args.device)
     rank = dist.get_rank() if dist.is_initialized() else 0
     try:
         model, tokenizer, meta = load_for_eval(args.checkpoint, device)

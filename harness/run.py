@@ -548,10 +548,16 @@ def run_training(args, profile, submission, record, clock, state, stop, where: W
             checkpoint.save_model(out / checkpoint.MODEL_DIR, model, tokenizer, run, submission)
     with clock.phase("integrity"):
         check_integrity(args, record, referee, dataset, bundle)
+    # A record-eligible run's reported numbers come from a fresh process that loads the saved model: nothing the
+    # submission did to this process (a patched torch function, global state) can reach them.
+    fresh = args.fresh_eval or record["eligibility"]["eligible"]
+    if fresh and master:
+        with clock.phase("eval_bpb_fresh"):
+            metrics["val_bpb"] = bpb_in_fresh_process(out, dataset.val_file, profile.val_tokens, plan, where)
+        record["evals"][-1]["val_bpb_fresh_process"] = metrics["val_bpb"]
     if bundle is None:
         return
     max_per_task = profile.core_max_per_task if args.max_per_task is None else args.max_per_task
-    fresh = args.fresh_eval or record["eligibility"]["eligible"]
     with clock.phase("eval_core", fresh_process=fresh):
         if fresh:
             core = core_in_fresh_process(out, bundle, max_per_task, where) if master else None
@@ -600,19 +606,30 @@ class TamperError(Exception):
 
 
 def core_in_fresh_process(out: Path, bundle, max_per_task: int, where: Where) -> dict:
-    """CORE of the saved final model, computed by `python -m evals.core` in a new process (rank 0 only).
+    """CORE of the saved final model, computed by `python -m evals.core` in a new process (rank 0 only)."""
+    args = ["--bundle", str(bundle.root), "--max-per-task", str(max_per_task)]
+    return in_fresh_process("evals.core", out, args, out / "core.json", where)
+
+
+def bpb_in_fresh_process(out: Path, val_file: Path, val_tokens: int, plan: Plan, where: Where) -> float:
+    """The final val_bpb of the saved model on the run's validation rows, by `python -m evals.bpb` (rank 0 only)."""
+    args = ["--val-file", str(val_file), "--val-tokens", str(val_tokens), "--seq-len", str(plan.seq_len)]
+    args += ["--device-batch", str(plan.device_batch)]
+    return in_fresh_process("evals.bpb", out, args, out / "val_bpb.json", where)["val_bpb"]
+
+
+def in_fresh_process(module: str, out: Path, args: list[str], result_path: Path, where: Where) -> dict:
+    """Run ``python -m module --checkpoint out/model ...`` outside torchrun's group; return its --json result.
 
     Nothing the submission did to this process (monkeypatching, global state) can reach that one.
     """
-    result_path = out / "core.json"
     device = f"cuda:{where.local_rank}" if where.device.type == "cuda" else "cpu"
-    cmd = [sys.executable, "-m", "evals.core", "--checkpoint", str(out / checkpoint.MODEL_DIR)]
-    cmd += ["--bundle", str(bundle.root), "--max-per-task", str(max_per_task), "--device", device]
-    cmd += ["--json", str(result_path)]
+    cmd = [sys.executable, "-m", module, "--checkpoint", str(out / checkpoint.MODEL_DIR), *args]
+    cmd += ["--device", device, "--json", str(result_path)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"CORE in a fresh process failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"python -m {module} in a fresh process failed:\n{proc.stderr[-3000:]}")
     print(proc.stdout, end="")
     return json.loads(result_path.read_text())
 

@@ -349,6 +349,10 @@ def test_fresh_process_core_ignores_what_the_submission_did_to_the_training_proc
     independent = json.loads(check.read_text())
     assert record["metrics"]["core_tasks"] == independent["per_task"]
     assert record["metrics"]["core_partial"] == independent["core_partial"]
+    # val_bpb too: the training process's own final value was computed with the zeroed loss, the reported one is not
+    final = record["evals"][-1]
+    assert final["val_bpb"] == 0.0
+    assert record["metrics"]["val_bpb"] == final["val_bpb_fresh_process"] > 1.0
 
 
 def test_editing_the_data_cache_during_a_run_fails_the_run(tmp_path, harness_env, session_cache):

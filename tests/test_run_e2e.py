@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.clock import read_events
+from harness.data import prepare_dataset
 from harness.profiles import PROFILES
 from harness.record import validate_record
 
@@ -103,6 +104,31 @@ def test_checkpoint_evaluated_in_a_fresh_process_matches_the_training_process(cl
     fresh = json.loads(dump.read_text())
     assert fresh["per_task"] == record["metrics"]["core_tasks"]
     assert fresh["core_partial"] == record["metrics"]["core_partial"]
+
+
+def test_val_bpb_of_the_checkpoint_in_a_fresh_process_matches_the_training_process(
+    climbmix_run, harness_env, monkeypatch
+):
+    monkeypatch.setenv("SPEEDRUN_CACHE", harness_env["SPEEDRUN_CACHE"])
+    val_file = prepare_dataset("smoke").val_file  # the run's data, verified again
+    record = load_record(climbmix_run)
+    plan, dump = record["plan"], climbmix_run / "fresh_bpb.json"
+    cmd = [sys.executable, "-m", "evals.bpb", "--checkpoint", str(climbmix_run), "--val-file", str(val_file),
+           "--val-tokens", str(PROFILES["cpu"].val_tokens), "--seq-len", str(plan["seq_len"]),
+           "--device-batch", str(plan["device_batch"]), "--json", str(dump)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=harness_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(dump.read_text())["val_bpb"] == pytest.approx(record["metrics"]["val_bpb"], rel=1e-6)
+    assert "val_bpb" in proc.stdout
+
+
+def test_bpb_command_names_a_missing_validation_file(climbmix_run, harness_env, tmp_path):
+    missing = tmp_path / "no_such_val.parquet"
+    cmd = [sys.executable, "-m", "evals.bpb", "--checkpoint", str(climbmix_run), "--val-file", str(missing),
+           "--val-tokens", "4096", "--seq-len", "256", "--device-batch", "4"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=harness_env, timeout=300)
+    assert proc.returncode == 2
+    assert str(missing) in proc.stderr and "validation shard" in proc.stderr
 
 
 def test_only_build_optimizer_submission_runs_and_is_recorded_as_its_only_override(tmp_path, harness_env):
