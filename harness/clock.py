@@ -114,8 +114,10 @@ class Clock:
     def untimed(self, name: str):
         """A short untimed interval inside the training loop (logging), accumulated without an event."""
         began = time.perf_counter()
-        yield
-        self.phases[name] += time.perf_counter() - began
+        try:
+            yield
+        finally:
+            self.phases[name] += time.perf_counter() - began
 
     def flush_train(self, step: int) -> None:
         """Log the running totals of the in-loop phases, at eval and checkpoint boundaries and at the end."""

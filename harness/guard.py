@@ -34,6 +34,8 @@ FIXES = {
 class RunInterrupted(Exception):
     """SIGINT or SIGTERM arrived: the run stops at a step boundary, checkpoints, and records `interrupted`."""
 
+    agreed = False  # True when every rank stopped at the same step boundary (StopSignal.raise_if_stopping)
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
@@ -88,11 +90,16 @@ def call_hook(submission: Submission, name: str, expect: type | None = None, **k
 
 
 class StopSignal:
-    """Turns SIGINT/SIGTERM into RunInterrupted: at once between steps, after the current step inside one."""
+    """Turns SIGINT/SIGTERM into RunInterrupted: at once outside training, at a step boundary inside it.
+
+    While ``deferred()`` is active (the training loop), a signal is only noted; the loop asks ``stop_now`` after
+    each step is complete and recorded, and with several ranks all of them agree on the answer, so they stop at
+    the same step and can save one checkpoint together.
+    """
 
     def __init__(self):
         self.received: str | None = None
-        self.in_step = False
+        self.deferring = False
 
     def install(self) -> StopSignal:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -101,19 +108,29 @@ class StopSignal:
 
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
-        if not self.in_step:
+        if not self.deferring:
             raise RunInterrupted(f"received {self.received}")
 
     @contextmanager
-    def step(self):
-        """Defer a stop until the optimizer step is complete, so a checkpoint never holds half an update."""
-        self.in_step = True
+    def deferred(self):
+        """Note signals instead of raising them, so a step and its bookkeeping are never cut in half."""
+        self.deferring = True
         try:
             yield
         finally:
-            self.in_step = False
-        if self.received:
-            raise RunInterrupted(f"received {self.received}")
+            self.deferring = False
+
+    def raise_if_stopping(self, agree) -> None:
+        """At a step boundary: raise RunInterrupted (agreed) when any rank received a signal.
+
+        ``agree(flag) -> bool`` combines this rank's flag with every other rank's (any of them); every rank must
+        call this at the same boundary.
+        """
+        if agree(self.received is not None):
+            why = f"received {self.received}" if self.received else "another rank received a stop signal"
+            exc = RunInterrupted(why)
+            exc.agreed = True
+            raise exc
 
     @staticmethod
     def uninstall() -> None:

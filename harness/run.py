@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RunInterrupted, KeyboardInterrupt) as exc:
         record["status"] = "interrupted"
         record["error"] = error_of(exc)
-        record["checkpoint"] = checkpoint_on_interrupt(state, clock, master)
+        record["checkpoint"] = checkpoint_on_interrupt(state, clock, master, getattr(exc, "agreed", False))
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a record
         record["status"] = "failed"
         record["error"] = error_of(exc)
@@ -496,35 +496,46 @@ def run_training(args, profile, submission, record, clock, state, stop, where: W
     loss_every = max(1, plan.num_steps // LOSS_CURVE_POINTS)
     last_finite = None
     step_seconds = []  # each timed step's duration, for the steady-state step time (harness.ci)
-    for step in range(start_step, plan.num_steps):
-        timed_before = clock.training_time_s
-        with stop.step(), clock.timed_step():
-            loss, settings = one_step(step)
-            loss_value = loss.item()
-        step_seconds.append(clock.training_time_s - timed_before)
-        state["step"] = step + 1
-        if not math.isfinite(loss_value):
-            raise RunDiverged(step, loss_value, last_finite)
-        last_finite = loss_value
-        with clock.untimed("log"):
-            step_time = clock.training_time_s / max(1, clock.train_steps)
-            tokens_per_s = plan.total_batch_tokens / step_time
-            metrics = {
-                "loss": reduce_over_ranks(loss_value, device, world_size, "mean"),
-                "tokens_per_s": tokens_per_s,
-                **settings,
-                "mfu": plan.flops_per_token * tokens_per_s / (peak * world_size) if peak else None,
-                "eta_s": step_time * (plan.num_steps - step - 1),
-            }
-            if step % loss_every == 0 or step + 1 == plan.num_steps:
-                record["loss_curve"].append([step, round(metrics["loss"], 6)])
-                clock.events.write("train_loss", step, round(metrics["loss"], 6))
-            progress.update(step, metrics)
-            submission.hook.log_metrics(step=step, metrics=metrics, run=run)
-        if profile.eval_every and (step + 1) % profile.eval_every == 0 and step + 1 < plan.num_steps:
-            submission.hook.log_metrics(step=step, metrics={"val_bpb": evaluate_val_bpb(step + 1)}, run=run)
-        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < plan.num_steps:
-            save_checkpoint(clock, out, step + 1, model, optimizer, loader, record, world_size, master)
+
+    # A stop signal takes effect at the next step boundary, the same one on every rank: no step is cut in half
+    # or lost, and the ranks can save one checkpoint together.
+    def any_rank(flag: bool) -> bool:
+        return reduce_over_ranks(float(flag), device, world_size, "max") > 0
+
+    with stop.deferred():
+        for step in range(start_step, plan.num_steps):
+            timed_before = clock.training_time_s
+            with clock.timed_step():
+                loss, settings = one_step(step)
+                loss_value = loss.item()
+            step_seconds.append(clock.training_time_s - timed_before)
+            state["step"] = step + 1
+            with clock.untimed("log"):
+                mean_loss = reduce_over_ranks(loss_value, device, world_size, "mean")  # non-finite if any rank's is
+            if not math.isfinite(mean_loss):
+                raise RunDiverged(step, mean_loss, last_finite)
+            last_finite = mean_loss
+            with clock.untimed("log"):
+                step_time = clock.training_time_s / max(1, clock.train_steps)
+                tokens_per_s = plan.total_batch_tokens / step_time
+                metrics = {
+                    "loss": mean_loss,
+                    "tokens_per_s": tokens_per_s,
+                    **settings,
+                    "mfu": plan.flops_per_token * tokens_per_s / (peak * world_size) if peak else None,
+                    "eta_s": step_time * (plan.num_steps - step - 1),
+                }
+                if step % loss_every == 0 or step + 1 == plan.num_steps:
+                    record["loss_curve"].append([step, round(metrics["loss"], 6)])
+                    clock.events.write("train_loss", step, round(metrics["loss"], 6))
+                progress.update(step, metrics)
+                submission.hook.log_metrics(step=step, metrics=metrics, run=run)
+            if profile.eval_every and (step + 1) % profile.eval_every == 0 and step + 1 < plan.num_steps:
+                submission.hook.log_metrics(step=step, metrics={"val_bpb": evaluate_val_bpb(step + 1)}, run=run)
+            if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < plan.num_steps:
+                save_checkpoint(clock, out, step + 1, model, optimizer, loader, record, world_size, master)
+            with clock.untimed("log"):
+                stop.raise_if_stopping(any_rank)
     progress.close()
 
     # ---- what training did, agreed over ranks: the slowest rank's time counts; one proof of data for all
@@ -661,8 +672,11 @@ def training_state(model, optimizer, loaders: list, record: dict, clock: Clock) 
     }
 
 
-def save_checkpoint(clock, out, step, model, optimizer, loader, record, world_size, master) -> None:
-    """A periodic, resumable checkpoint with every rank's loader position; the two newest are kept."""
+def save_checkpoint(clock, out, step, model, optimizer, loader, record, world_size, master) -> Path | None:
+    """A resumable checkpoint with every rank's loader position (every rank calls this); the two newest are kept.
+
+    Returns its path on rank 0.
+    """
     clock.flush_train(step)
     with clock.phase("checkpoint", step=step):
         loaders = [None] * world_size
@@ -672,19 +686,19 @@ def save_checkpoint(clock, out, step, model, optimizer, loader, record, world_si
             loaders = [loader.state_dict()]
         if master:
             state = training_state(model, optimizer, loaders, record, clock)
-            checkpoint.save_training_state(out, step, state, keep=2)
+            return checkpoint.save_training_state(out, step, state, keep=2)
+    return None
 
 
-def checkpoint_on_interrupt(state: dict, clock: Clock, master: bool) -> str | None:
-    """On SIGINT/SIGTERM, save where training stopped (single process; with several ranks, the last periodic
-    checkpoint stands, since a collective cannot be trusted while ranks are being stopped)."""
-    if not master or "optimizer" not in state or state["step"] == 0 or state["world_size"] > 1:
+def checkpoint_on_interrupt(state: dict, clock: Clock, master: bool, agreed: bool) -> str | None:
+    """On SIGINT/SIGTERM, save where training stopped. With several ranks only an ``agreed`` stop (every rank at
+    the same step boundary) saves one; otherwise the last periodic checkpoint stands, since a collective cannot
+    be trusted while ranks stop at different points."""
+    if "optimizer" not in state or state["step"] == 0 or (state["world_size"] > 1 and not agreed):
         return None
-    with clock.phase("checkpoint", step=state["step"]):
-        loaders = [state["loader"].state_dict()]
-        saved = training_state(state["model"], state["optimizer"], loaders, state["record"], clock)
-        path = checkpoint.save_training_state(state["out"], state["step"], saved, keep=2)
-    return str(path)
+    path = save_checkpoint(clock, state["out"], state["step"], state["model"], state["optimizer"], state["loader"],
+                           state["record"], state["world_size"], master)  # fmt: skip
+    return str(path) if path is not None else None
 
 
 def resume(out: Path, rank: int, model, optimizer, loader, record: dict, clock: Clock) -> int:

@@ -10,8 +10,10 @@ noise only. Measured here: at most 0.03 nats per step over the first steps, val_
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,35 @@ def test_replay_reproduces_a_smoke_records_steps_tokens_and_data_stream(one_and_
     for what in ("steps", "tokens", "data stream digest", "submission digest", "tokenizer digest"):
         assert rows[what]["ok"] and rows[what]["recorded"] == rows[what]["replayed"], rows[what]
     assert "replay reproduces the record" in proc.stdout
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_matches_the_run_that_never_stopped(
+    one_and_two, tmp_path, harness_env
+):
+    _, two = one_and_two
+    out = tmp_path / "stopped"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*torchrun, "-m", "harness.run", *ARGS, "--out", str(out)]
+    proc = subprocess.Popen(command, cwd=REPO, env=harness_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    events = out / "events.jsonl"
+    deadline = time.monotonic() + 300
+    while not (events.exists() and events.read_text().count('"train_loss"') >= 3) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the 2-rank run logged no steps"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "interrupted", stderr[-3000:]
+    stopped_at = record["steps_completed"]
+    assert 0 < stopped_at < 8
+    assert record["checkpoint"].endswith(f"step_{stopped_at:06d}")  # both ranks' loader positions, one checkpoint
+
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=harness_env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((out / "record.json").read_text())
+    reference = json.loads((two / "record.json").read_text())
+    assert record["status"] == "finished" and record["steps_completed"] == 8
+    assert record["data"]["stream_digest"] == reference["data"]["stream_digest"]  # the same batches on each rank
+    assert record["data"]["tokens_consumed"] == reference["data"]["tokens_consumed"]
