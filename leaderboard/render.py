@@ -35,18 +35,7 @@ RECORD_COLUMNS = [
     "contributors",
     "status",
 ]
-DEV_COLUMNS = [
-    "#",
-    "profile",
-    "time (h)",
-    "CORE (mean ± sd, n)",
-    "val_bpb",
-    "description",
-    "date",
-    "commit",
-    "contributors",
-    "status",
-]
+DEV_COLUMNS = ["#", "profile", *RECORD_COLUMNS[1:]]
 DASH = "-"
 
 

@@ -6,17 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from helpers_evals import BUNDLE
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_BUNDLE = REPO.parent / "shared" / "eval_bundle"
 
 
 @pytest.fixture(scope="session")
 def eval_bundle_dir() -> Path:
-    path = Path(os.environ.get("SPEEDRUN_EVAL_BUNDLE", SHARED_BUNDLE))
-    if not (path / "core.yaml").is_file():
-        pytest.skip(f"no CORE eval bundle at {path}; set SPEEDRUN_EVAL_BUNDLE to a bundle folder")
-    return path
+    if not (BUNDLE / "core.yaml").is_file():
+        pytest.skip(f"no CORE eval bundle at {BUNDLE}; set SPEEDRUN_EVAL_BUNDLE to a bundle folder")
+    return BUNDLE
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,13 @@ def harness_env(session_cache, eval_bundle_dir) -> dict[str, str]:
         "WANDB_MODE": "disabled",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run no faster on two threads, and on a shared 2-core machine OpenMP's two threads can be
+    hundreds of times slower than one (measured: a 128x128 bf16 bmm took 5.5 ms on 2 threads, 0.06 ms on 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

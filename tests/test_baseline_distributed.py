@@ -13,11 +13,11 @@ the tolerance is 1e-3 nats per step, still well below the ~0.03-0.3 nat step-to-
 
 import dataclasses
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers_evals import free_port
 
 from baselines.nanochat import submission as baseline
 from baselines.nanochat import tinytrain
@@ -52,12 +52,6 @@ def train(rank: int, world_size: int, port: int, out: dict) -> None:
         out[world_size] = losses
     if world_size > 1:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_gloo_processes_match_the_one_process_loss_curve():

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers_evals import free_port
 
 from evals.bpb import evaluate_bpb
 from harness.tokenizer import train_tokenizer
@@ -94,12 +94,6 @@ def test_bad_rows_are_refused_with_the_expected_shape(tok):
         evaluate_bpb(Uniform(tok.vocab_size), only_bos, tok.token_bytes(), 2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, workdir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -115,7 +109,7 @@ def test_three_gloo_ranks_give_the_one_rank_value(tmp_path, tok):
     rows = rows_of(tok)
     assert len(rows) % 3 != 0  # uneven split: some rank gets one row fewer
     torch.save({"vocab": tok.vocab_size, "rows": rows, "bytes": tok.token_bytes()}, tmp_path / "data.pt")
-    mp.spawn(_rank_main, args=(3, _free_port(), str(tmp_path)), nprocs=3)
+    mp.spawn(_rank_main, args=(3, free_port(), str(tmp_path)), nprocs=3)
     one = evaluate_bpb(Bigram(tok.vocab_size), rows, tok.token_bytes(), device_batch=2)
     for rank in range(3):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == pytest.approx(one, rel=1e-12)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.server
 import multiprocessing
-import os
 import shutil
 import threading
 import time
@@ -18,10 +17,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers_evals import BUNDLE
 
 from evals.bundle import BundleError, load_manifest, resolve_bundle
 
-BUNDLE = Path(os.environ.get("SPEEDRUN_EVAL_BUNDLE") or Path(__file__).resolve().parents[2] / "shared" / "eval_bundle")
 pytestmark = pytest.mark.skipif(not (BUNDLE / "core.yaml").is_file(), reason=f"no eval bundle at {BUNDLE}")
 MISSING = ["hellaswag_zeroshot", "hellaswag", "squad", "coqa"]
 SMALL = ["eval_data/commonsense_reasoning/copa.jsonl", "eval_data/language_understanding/winograd_wsc.jsonl"]

@@ -9,19 +9,17 @@ the batched path with the one-record path, and 2 gloo ranks with 1, on the real 
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
 import random
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
+from helpers_evals import BUNDLE, TinyLM, bundle_text, free_port
 
 from evals.bundle import TaskSpec, resolve_bundle
 from evals.core import (
@@ -38,31 +36,8 @@ from evals.core import (
 )
 from harness.tokenizer import Tokenizer, train_tokenizer
 
-BUNDLE = Path(os.environ.get("SPEEDRUN_EVAL_BUNDLE") or Path(__file__).resolve().parents[2] / "shared" / "eval_bundle")
 needs_bundle = pytest.mark.skipif(not (BUNDLE / "core.yaml").is_file(), reason=f"no eval bundle at {BUNDLE}")
 MISSING = ["hellaswag_zeroshot", "hellaswag", "squad", "coqa"]
-
-
-def bundle_text():
-    """A little real text to train the test tokenizer: the first lines of every task file."""
-    for path in sorted((BUNDLE / "eval_data").rglob("*.jsonl")):
-        with open(path) as f:
-            yield from itertools.islice(f, 150)
-
-
-class TinyLM(torch.nn.Module):
-    """A small causal model: embedding, one causal self-attention, head. Random init, fp32."""
-
-    def __init__(self, vocab: int, dim: int = 32):
-        super().__init__()
-        self.emb = torch.nn.Embedding(vocab, dim)
-        self.qkv = torch.nn.Linear(dim, 3 * dim)
-        self.head = torch.nn.Linear(dim, vocab)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = self.emb(ids)
-        q, k, v = self.qkv(h).unsqueeze(1).chunk(3, dim=-1)
-        return self.head(h + F.scaled_dot_product_attention(q, k, v, is_causal=True).squeeze(1))
 
 
 class TableModel(torch.nn.Module):
@@ -306,12 +281,6 @@ def test_max_per_task_below_the_shot_count_shrinks_the_shots_with_a_warning(tok,
         evaluate_core(model, tok, bundle, max_per_task=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, workdir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -330,7 +299,7 @@ def _rank_main(rank: int, world: int, port: int, workdir: str) -> None:
 def test_two_gloo_ranks_give_the_same_result_as_one(tmp_path, tok, model, batched_run):
     tok.save(tmp_path / "tok.json")
     torch.save(model.state_dict(), tmp_path / "model.pt")
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2)
     result, dump = batched_run
     for rank in range(2):
         out = json.loads((tmp_path / f"rank{rank}.json").read_text())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers_evals import BUNDLE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,6 @@ from leaderboard.samples import new_board, sample_record, write_run
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SHARED_BUNDLE = Path(__file__).resolve().parents[2] / "shared" / "eval_bundle"
 
 # ------------------------------------------------------------------------------------------------
 # Strategies: random JSON values, corrupted bytes, one-field mutations of a valid document
@@ -423,9 +423,9 @@ def test_checkpoint_meta_files_must_map_plain_file_names_to_digests(tmp_path, fi
 # ------------------------------------------------------------------------------------------------
 # core.yaml and eval_meta_data.csv, below and above the digest check
 
-needs_bundle = pytest.mark.skipif(not (SHARED_BUNDLE / "core.yaml").is_file(), reason=f"no bundle at {SHARED_BUNDLE}")
-CORE_YAML = (SHARED_BUNDLE / "core.yaml").read_bytes() if (SHARED_BUNDLE / "core.yaml").is_file() else b"icl_tasks: []"
-META_CSV = (SHARED_BUNDLE / "eval_meta_data.csv").read_bytes() if (SHARED_BUNDLE / "core.yaml").is_file() else b"a,b"
+needs_bundle = pytest.mark.skipif(not (BUNDLE / "core.yaml").is_file(), reason=f"no bundle at {BUNDLE}")
+CORE_YAML = (BUNDLE / "core.yaml").read_bytes() if (BUNDLE / "core.yaml").is_file() else b"icl_tasks: []"
+META_CSV = (BUNDLE / "eval_meta_data.csv").read_bytes() if (BUNDLE / "core.yaml").is_file() else b"a,b"
 yaml_like = st.one_of(
     st.text(alphabet=st.sampled_from(list("abc:-[]{}\"'&*!|>%@`#, \n\t0129.")), max_size=120).map(str.encode),
     st.sampled_from([b"2024-13-45", b"icl_tasks: 2024-13-45", b"- [", b"icl_tasks:\n  - label: [x]", b"&a [*a]"]),
@@ -514,7 +514,7 @@ def test_a_changed_core_yaml_in_a_bundle_is_refused_by_digest_before_parsing(tmp
     monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "bundle"
     root.mkdir()
-    shutil.copyfile(SHARED_BUNDLE / "eval_meta_data.csv", root / "eval_meta_data.csv")
+    shutil.copyfile(BUNDLE / "eval_meta_data.csv", root / "eval_meta_data.csv")
     (root / "core.yaml").write_bytes(CORE_YAML[: len(CORE_YAML) // 2] + b"\xff: [")
     with raises_naming(BundleError, root / "core.yaml", "has changed"):
         load_bundle(root)
@@ -527,7 +527,7 @@ def test_a_damaged_first_seen_digest_file_is_named_with_the_fix(tmp_path, monkey
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "eval_bundle.first_seen.json").write_bytes(content)
     with raises_naming(BundleError, "eval_bundle.first_seen.json", "delete it"):
-        load_bundle(SHARED_BUNDLE)
+        load_bundle(BUNDLE)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,18 +15,10 @@ from baselines.nanochat import tinytrain
 from harness.hookspecs import Run
 from harness.plugins import load_submission
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
+
 RUN = Run(profile="cpu", device="cpu", dtype="float32", rank=0, local_rank=0, world_size=1, seed=0, vocab_size=512,
           bos_token_id=503, seq_len=64, depth=2, max_steps=10, max_batch_tokens=1024)  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run no faster on two threads, and on a shared 2-core machine OpenMP's two threads can be
-    hundreds of times slower than one (measured: a 128x128 bf16 bmm took 5.5 ms on 2 threads, 0.06 ms on 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_d12_has_gpt2_smalls_124m_parameters():

@@ -16,6 +16,8 @@ from baselines.nanochat.model import GPT, attend, attention_masks, window_mask
 from harness.hookspecs import Run
 from harness.plugins import load_submission
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
+
 VOCAB = 256
 
 
@@ -143,16 +145,6 @@ def test_compile_is_a_no_op_on_cpu_and_state_dict_keys_stay_clean():
 
 # ----------------------------------------------------------------------------------------------------------
 # Training on English text through the hooks
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run no faster on two threads, and on a shared 2-core machine OpenMP's two threads can be
-    hundreds of times slower than one (measured: a 128x128 bf16 bmm took 5.5 ms on 2 threads, 0.06 ms on 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
