@@ -92,9 +92,9 @@ def call_hook(submission: Submission, name: str, expect: type | None = None, **k
 class StopSignal:
     """Turns SIGINT/SIGTERM into RunInterrupted: at once outside training, at a step boundary inside it.
 
-    While ``deferred()`` is active (the training loop), a signal is only noted; the loop asks ``stop_now`` after
-    each step is complete and recorded, and with several ranks all of them agree on the answer, so they stop at
-    the same step and can save one checkpoint together.
+    While ``deferred()`` is active (the training loop), a signal is only noted; the loop calls ``raise_if_stopping``
+    after each step is complete and recorded, and with several ranks all of them agree on the answer, so they
+    stop at the same step and can save one checkpoint together.
     """
 
     def __init__(self):
