@@ -1,4 +1,4 @@
 """Evaluations: CORE (``evals.core``), its bundle (``evals.bundle``) and validation bits per byte (``evals.bpb``).
 
-python -m evals.core --checkpoint PATH     # CORE of a saved checkpoint; see docs/evals.md
+python -m harness.evaluate RUN_DIR --bundle DIR   # CORE of a run's exported model; see docs/evals.md
 """

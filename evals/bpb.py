@@ -9,19 +9,14 @@ neither sum (nanochat-recipe.md). Under torch.distributed, rank r evaluates rows
 all-reduced, so the value does not depend on the number of ranks. The caller chooses the compute dtype
 (autocast) and puts the model in eval mode; the loss itself is computed from float32 logits.
 
-    python -m evals.bpb --checkpoint PATH --val-file VAL.parquet --val-tokens N --seq-len T --device-batch B
-
-evaluates a saved model in a fresh process on the same rows the run used (``harness.loader.validation_rows``);
-the harness does this for the final val_bpb of every record-eligible run (and with ``--fresh-eval``).
+The referee computes a run's final val_bpb with this function on the run's exported model, in a process of its
+own (``python -m harness.evaluate``), on the profile's fixed validation rows (``harness.loader.validation_rows``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -74,46 +69,3 @@ def evaluate_bpb(
     if nbytes == 0:
         raise ValueError("val_bpb: the rows hold no target tokens with bytes (empty rows, or only special tokens)")
     return nats / (math.log(2) * nbytes)
-
-
-def main(argv: list[str] | None = None) -> float:
-    """``python -m evals.bpb --checkpoint PATH ...``: val_bpb of a saved model, printed and optionally saved."""
-    parser = argparse.ArgumentParser(prog="python -m evals.bpb", description="val_bpb of a saved checkpoint.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint written by the harness")
-    parser.add_argument("--val-file", type=Path, required=True, help="the dataset's validation parquet shard")
-    parser.add_argument("--val-tokens", type=int, required=True, help="validation budget (the profile's val_tokens)")
-    parser.add_argument("--seq-len", type=int, required=True, help="tokens per row (the run's plan.seq_len)")
-    parser.add_argument("--device-batch", type=int, required=True, help="rows per forward (plan.device_batch)")
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
-    parser.add_argument("--json", type=Path, default=None, help="write {val_bpb, rows, tokens} to this .json")
-    args = parser.parse_args(argv)
-
-    from evals.core import eval_process_device
-    from harness.checkpoint import CheckpointError, load_for_eval
-    from harness.fileio import atomic_write_json
-    from harness.loader import validation_rows
-
-    for name in ("val_tokens", "seq_len", "device_batch"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: pass a positive number")
-    if not args.val_file.is_file():
-        parser.error(f"--val-file {args.val_file}: no such file; pass the dataset's validation shard")
-    if args.val_tokens < args.seq_len:
-        parser.error(f"--val-tokens {args.val_tokens} is less than one row of --seq-len {args.seq_len}")
-    device = eval_process_device(parser, args.device)
-    try:
-        model, tokenizer, _ = load_for_eval(args.checkpoint, device)
-    except CheckpointError as exc:
-        parser.error(f"--checkpoint: {exc}")
-    rows = validation_rows(args.val_file, tokenizer, args.val_tokens, args.seq_len)
-    bpb = evaluate_bpb(model, rows, tokenizer.token_bytes(), args.device_batch, device)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"val_bpb {bpb:.6f} ({rows.shape[0]} rows of {args.seq_len} tokens)")
-        if args.json:
-            tokens = rows.shape[0] * args.seq_len
-            atomic_write_json(args.json, {"val_bpb": bpb, "rows": rows.shape[0], "tokens": tokens})
-    return bpb
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -6,8 +6,7 @@
     result.core            # None when the bundle lacks task files; then see result.core_partial
     print(result.table())
 
-    python -m evals.core --checkpoint PATH [--bundle DIR] [--max-per-task N] [--dump FILE.jsonl]
-    torchrun --nproc_per_node=8 -m evals.core --checkpoint PATH
+    python -m harness.evaluate RUN_DIR --bundle DIR [--max-per-task N]    # a run's exported model, as the referee does
 
 ``model`` is any callable mapping a (B, T) int64 tensor of token ids to (B, T, V) logits; it is called under
 ``torch.no_grad()``. The caller chooses the compute dtype (wrap the model in autocast for bf16).
@@ -28,11 +27,8 @@ the result does not depend on the number of ranks.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -554,94 +550,3 @@ def evaluate_core(
         bundle_first_seen=list(bundle.first_seen),
         fewshot_shrunk=shrunk,
     )
-
-
-# ------------------------------------------------------------------------------------------------
-# Command line: evaluate a saved checkpoint in a fresh process
-
-
-def eval_process_device(parser: argparse.ArgumentParser, requested: str | None) -> str:
-    """The device of an eval command (``--device``, default cuda when present); joins torchrun's group if launched so.
-
-    A device this machine lacks is a usage error naming what it offers.
-    """
-    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        parser.error(f"--device {device!r} is not a torch device; use cuda, cuda:N or cpu")
-    if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
-        parser.error(f"--device {device!r}: this machine offers cpu{' and cuda' if torch.cuda.is_available() else ''}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    elif device == "cuda":
-        device = f"cuda:{torch.cuda.current_device()}"
-    return device
-
-
-def main(argv: list[str] | None = None) -> CoreResult:
-    """``python -m evals.core --checkpoint PATH``: load a harness checkpoint and print the per-task table."""
-    parser = argparse.ArgumentParser(prog="python -m evals.core", description="Evaluate CORE on a saved checkpoint.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint written by the harness")
-    parser.add_argument(
-        "--bundle",
-        type=Path,
-        default=None,
-        help="bundle folder (default: $SPEEDRUN_EVAL_BUNDLE or the cache, downloaded if absent)",
-    )
-    parser.add_argument("--max-per-task", type=int, default=-1, help="records per task; -1 = all (the protocol)")
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
-    parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward")
-    parser.add_argument("--one-record", action="store_true", help="use the one-record reference path (slow)")
-    parser.add_argument("--dump", type=Path, default=None, help="write per-record results to this .jsonl")
-    parser.add_argument("--json", type=Path, default=None, help="write the result (to_dict) to this .json")
-    args = parser.parse_args(argv)
-
-    from evals.bundle import BundleError, resolve_bundle
-    from harness.checkpoint import CheckpointError, load_for_eval
-    from harness.fileio import atomic_write_json, atomic_write_text
-
-    if args.max_per_task == 0 or args.max_per_task < -1:
-        parser.error(f"--max-per-task {args.max_per_task}: pass -1 for every record, or a positive cap")
-    if args.batch_tokens is not None and args.batch_tokens <= 0:
-        parser.error(f"--batch-tokens {args.batch_tokens}: pass a positive number of padded tokens per forward")
-    device = eval_process_device(parser, args.device)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    try:
-        model, tokenizer, meta = load_for_eval(args.checkpoint, device)
-    except CheckpointError as exc:
-        parser.error(f"--checkpoint: {exc}")  # the message names the folder
-    try:
-        bundle = resolve_bundle(args.bundle)
-    except BundleError as exc:
-        parser.error(f"--bundle: {exc}")
-    # The model was rebuilt through its submission's build_model with the run's compute dtype, exactly as in
-    # training, so it is evaluated as it is: no autocast here, or the two numbers could differ.
-    forward = model
-
-    dump: list | None = [] if args.dump else None
-    result = evaluate_core(
-        forward,
-        tokenizer,
-        bundle,
-        args.max_per_task,
-        device,
-        args.batch_tokens,
-        progress=rank == 0,
-        batched=not args.one_record,
-        dump=dump,
-    )
-    if rank == 0:
-        print(result.table())
-        if args.dump:
-            atomic_write_text(args.dump, "".join(json.dumps(row) + "\n" for row in dump))
-        if args.json:
-            atomic_write_json(args.json, result.to_dict())
-    return result
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,17 +1,15 @@
-"""Checkpoints: the final model (for evaluation in a fresh process) and periodic training states (--resume).
+"""Checkpoints: the final model as an exported program (for the referee's evals) and periodic training states.
 
 A checkpoint is a directory written under a temporary name and renamed into place; its ``meta.json``
 lists the sha256 of every file, and loading verifies them, so a checkpoint cut short by ``kill -9`` is
 never trusted.
 
-    save_model(run_dir / "model", model, tokenizer, run, submission)
-    model, tokenizer, meta = load_for_eval(run_dir, device="cpu")     # rebuilds the model via its submission
+    save_program(run_dir / "model", lambda path: export_model(model, path, ...))   # run_dir/model/model.pt2
+    save_training_state(run_dir, step, state); latest_training_state(run_dir)      # --checkpoint-every, --resume
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -20,10 +18,9 @@ from pathlib import Path
 import torch
 
 from harness.fileio import atomic_write_json, sha256_file
-from harness.hookspecs import Run
-from harness.tokenizer import Tokenizer
 
 MODEL_DIR = "model"
+PROGRAM_FILE = "model.pt2"
 CHECKPOINTS_DIR = "checkpoints"
 
 
@@ -75,74 +72,15 @@ def _read_dir(path: Path) -> dict:
     return meta
 
 
-def save_model(path: Path, model: torch.nn.Module, tokenizer: Tokenizer, run: Run, submission) -> Path:
+def save_program(folder: Path, export) -> Path:
+    """The final model as an exported program (``export(path)`` writes it), in a checkpoint folder with
+    meta.json. Returns the program's path."""
+
     def write(tmp: Path) -> dict:
-        torch.save(model.state_dict(), tmp / "model.pt")
-        tokenizer.save(tmp / "tokenizer.json")
-        return {
-            "kind": "model",
-            "run": dataclasses.asdict(run),
-            "submission": {
-                "name": submission.name,
-                "path": str(submission.path),
-                "source_digest": submission.source_digest,
-            },
-            "tokenizer_digest": tokenizer.digest,
-        }
+        export(tmp / PROGRAM_FILE)
+        return {"kind": "program"}
 
-    return _write_dir(Path(path), write)
-
-
-def load_for_eval(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Tokenizer, dict]:
-    """Rebuild a saved model through its submission's ``build_model`` and load the weights; eval mode.
-
-    ``path`` is a run directory or its ``model/`` directory. Refuses a submission whose files changed since.
-    """
-    from harness.plugins import SubmissionError, load_submission
-
-    path = Path(path)
-    with contextlib.suppress(OSError):  # an unusable path is reported by _read_dir
-        if (path / MODEL_DIR).is_dir():
-            path = path / MODEL_DIR
-    meta = _read_dir(path)
-    recorded = meta.get("submission")
-    if not (
-        meta.get("kind") == "model"
-        and isinstance(meta.get("run"), dict)
-        and isinstance(meta.get("tokenizer_digest"), str)
-        and isinstance(recorded, dict)
-        and all(isinstance(recorded.get(key), str) for key in ("path", "source_digest"))
-    ):
-        raise CheckpointError(
-            f"{path / 'meta.json'} is not a model checkpoint's (it needs kind 'model', run, tokenizer_digest and "
-            "submission.path/source_digest); pass the run directory or its model/ folder"
-        )
-    try:
-        submission = load_submission(recorded["path"])
-    except SubmissionError as exc:
-        raise CheckpointError(
-            f"the submission {recorded['path']} recorded in {path / 'meta.json'} cannot be loaded: {exc}"
-        ) from None
-    if submission.source_digest != meta["submission"]["source_digest"]:
-        raise CheckpointError(
-            f"submission {submission.path} changed since the checkpoint was written "
-            f"(digest {submission.source_digest[:12]} != {meta['submission']['source_digest'][:12]}); "
-            f"check out the submission as it was"
-        )
-    try:
-        run = dataclasses.replace(Run(**meta["run"]), device=device, rank=0, local_rank=0, world_size=1)
-    except TypeError as exc:  # fields added or removed since the checkpoint was written
-        raise CheckpointError(f"{path / 'meta.json'}: its 'run' does not fit this harness's Run ({exc})") from None
-    model = submission.hook.build_model(run=run)
-    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
-    model.eval()
-    try:
-        tokenizer = Tokenizer.load(path / "tokenizer.json")
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-    if tokenizer.digest != meta["tokenizer_digest"]:
-        raise CheckpointError(f"{path / 'tokenizer.json'} does not match the recorded tokenizer digest")
-    return model, tokenizer, meta
+    return _write_dir(Path(folder), write) / PROGRAM_FILE
 
 
 def save_training_state(run_dir: Path, step: int, state: dict, keep: int = 2) -> Path:

@@ -1,4 +1,4 @@
-"""The clock and the event log: the harness alone decides what counts as training time.
+"""The clocks and the event log: the harness alone decides what counts as training time.
 
 The rule (also in the README's rules section):
 - ``training_time_s`` is the sum of the timed training steps. A step is timed from a device synchronisation
@@ -8,8 +8,9 @@ The rule (also in the README's rules section):
   model and optimizer are then restored to their initial state), evals, logging, checkpoints, the record.
 - With several ranks, each rank measures its own steps and the slowest rank's total counts.
 
-Every phase is written to ``events.jsonl`` as it starts and stops, so its duration can be audited; the
-phases tile the run, so they add up to the wall time.
+The worker measures its steps with ``Clock`` and reports every phase and step as it starts and stops; the
+referee (harness/run.py) stamps each report with its own monotonic clock, writes ``events.jsonl`` and keeps
+both measurements in the record. The referee's phases tile the run, so they add up to the wall time.
 """
 
 from __future__ import annotations
@@ -29,18 +30,22 @@ def synchronize(device: torch.device) -> None:
 
 
 class EventLog:
-    """Append-only JSON lines: ``{"time", "t", "event", "key", "value"}``; written by rank 0 only."""
+    """Append-only JSON lines ``{"time", "t", "event", "key", "value"}``, written by the referee alone.
 
-    def __init__(self, path: Path | None, start: float):
+    ``t`` is seconds since the run started on the referee's monotonic clock; ``at`` lets an event carry the moment
+    a worker message arrived rather than the moment it is written.
+    """
+
+    def __init__(self, path: Path | None):
         self.path = path
-        self.start = start
+        self.wall_start, self.start = time.time(), time.monotonic()
         self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 - closed in close()
 
-    def write(self, event: str, key: str | int | None = None, value: object = None) -> None:
+    def write(self, event: str, key: str | int | None = None, value: object = None, at: float | None = None) -> None:
         if self.file is None:
             return
-        now = time.time()
-        line = {"time": round(now, 4), "t": round(now - self.start, 4), "event": event, "key": key, "value": value}
+        t = (time.monotonic() if at is None else at) - self.start
+        line = {"time": round(self.wall_start + t, 4), "t": round(t, 4), "event": event, "key": key, "value": value}
         self.file.write(json.dumps(line) + "\n")
         self.file.flush()  # a line at a time: a killed run leaves at most one partial last line
 
@@ -77,20 +82,23 @@ def read_events(path: str | Path) -> list[dict]:
 
 
 class Clock:
-    """Accumulates wall time per phase; ``train`` is the only phase that counts toward training time."""
+    """The worker's clock: ``train`` (the timed steps) is the only phase that counts toward training time.
 
-    def __init__(self, device: torch.device, events: EventLog):
+    Every phase and step is reported as it starts and stops through ``report(kind, **fields)`` (the channel to
+    the referee), which stamps each report with its own clock to check these numbers against.
+    """
+
+    def __init__(self, device: torch.device, report):
         self.device = device
-        self.events = events
-        self.start = events.start
+        self.report = report
         self.phases: dict[str, float] = defaultdict(float)
         self.train_steps = 0
 
     @contextmanager
     def phase(self, name: str, **info):
-        """An untimed phase (setup, warmup, eval, checkpoint ...), logged as it starts and stops."""
+        """An untimed phase (build, warmup, eval, checkpoint ...), reported as it starts and stops."""
         synchronize(self.device)
-        self.events.write("phase_start", name, info or None)
+        self.report("phase_start", name=name, **info)
         began = time.perf_counter()
         try:
             yield
@@ -98,42 +106,30 @@ class Clock:
             synchronize(self.device)
             seconds = time.perf_counter() - began
             self.phases[name] += seconds
-            self.events.write("phase_stop", name, {"seconds": round(seconds, 6), **info})
+            self.report("phase_stop", name=name, seconds=seconds, **info)
 
     @contextmanager
-    def timed_step(self):
-        """One training step, between two device synchronisations. No event per step: see ``flush_train``."""
+    def timed_step(self, step: int):
+        """One training step, between two device synchronisations, reported as it starts and stops."""
+        self.report("step_start", step=step)
         synchronize(self.device)
         began = time.perf_counter()
         yield
         synchronize(self.device)
-        self.phases["train"] += time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        self.phases["train"] += seconds
         self.train_steps += 1
+        self.report("step_stop", step=step, seconds=seconds)
 
     @contextmanager
     def untimed(self, name: str):
-        """A short untimed interval inside the training loop (logging), accumulated without an event."""
+        """A short untimed interval inside the training loop (logging), accumulated without a report."""
         began = time.perf_counter()
         try:
             yield
         finally:
             self.phases[name] += time.perf_counter() - began
 
-    def flush_train(self, step: int) -> None:
-        """Log the running totals of the in-loop phases, at eval and checkpoint boundaries and at the end."""
-        self.events.write(
-            "train_segment",
-            step,
-            {
-                "train_s": round(self.phases["train"], 6),
-                "log_s": round(self.phases["log"], 6),
-                "steps": self.train_steps,
-            },
-        )
-
     @property
     def training_time_s(self) -> float:
         return self.phases["train"]
-
-    def wall_time_s(self) -> float:
-        return time.time() - self.start

@@ -1,8 +1,7 @@
-"""The referee's guards: clear errors from submission hooks, clean stops on signals, storage and tamper checks.
+"""The worker's guards: clear errors from submission hooks, clean stops on signals, a disk-space check.
 
 value = call_hook(submission, "build_model", run=run)   # a failure names the file, the hook and the fix
 stop = StopSignal().install()                           # SIGINT/SIGTERM stop at the next step boundary
-snapshot = referee_snapshot(); ...; referee_changes(snapshot)   # harness code replaced at run time?
 """
 
 from __future__ import annotations
@@ -10,17 +9,14 @@ from __future__ import annotations
 import inspect
 import shutil
 import signal
-import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from types import FunctionType
 
 import torch
 
 from harness.plugins import Submission, SubmissionError
 
-REFEREE_PACKAGES = ("harness", "evals")
 FIXES = {
     "select_dataset": "return one of the catalog names (python -m harness.data list)",
     "build_model": "fix the model construction; it must return a torch.nn.Module on run.device",
@@ -76,6 +72,10 @@ def call_hook(submission: Submission, name: str, expect: type | None = None, **k
         result = getattr(submission.hook, name)(**kwargs)
     except (SubmissionError, RunInterrupted, KeyboardInterrupt):
         raise
+    except SystemExit as exc:
+        where = implementing_file(submission, exc.__traceback__)
+        raise SubmissionError(f"{where}: hook {name} called sys.exit({exc.code!r}); a submission must not end the "
+                              f"process. Fix: return from the hook (raise an exception to report an error).") from exc
     except Exception as exc:
         where = implementing_file(submission, exc.__traceback__)
         if is_out_of_memory(exc):
@@ -136,40 +136,6 @@ class StopSignal:
     def uninstall() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def referee_snapshot() -> dict[str, object]:
-    """Every function and method of the loaded harness and eval modules, by qualified name."""
-    snapshot = {}
-    for module_name, module in list(sys.modules.items()):
-        if module is None or module_name.split(".")[0] not in REFEREE_PACKAGES:
-            continue
-        for attr, value in list(vars(module).items()):
-            if isinstance(value, FunctionType):
-                snapshot[f"{module_name}.{attr}"] = value
-            elif inspect.isclass(value) and value.__module__ == module_name:
-                for method, member in list(vars(value).items()):
-                    if isinstance(member, FunctionType):
-                        snapshot[f"{module_name}.{attr}.{method}"] = member
-    return snapshot
-
-
-def referee_changes(snapshot: dict[str, object]) -> list[str]:
-    """Names of harness or eval functions that were replaced since the snapshot (monkeypatching)."""
-    return sorted(name for name, original in snapshot.items() if _lookup(name) is not original)
-
-
-def _lookup(qualified: str):
-    """Resolve ``package.module.attr`` or ``package.module.Class.method`` against sys.modules, or None."""
-    parts = qualified.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        value = sys.modules.get(".".join(parts[:split]))
-        if value is None:
-            continue
-        for name in parts[split:]:
-            value = vars(value).get(name) if hasattr(value, "__dict__") else None
-        return value
-    return None
 
 
 def check_free_space(path: Path, needed_bytes: int) -> None:

@@ -459,9 +459,17 @@ class TrainLoader:
 
 
 def validation_rows(
-    val_file: Path, tokenizer, num_tokens: int, seq_len: int, buffer_docs: int = 1000, threads: int = THREADS
+    val_file: Path,
+    tokenizer,
+    num_tokens: int,
+    seq_len: int,
+    buffer_docs: int = 1000,
+    threads: int = THREADS,
+    exact: bool = True,
 ) -> torch.Tensor:
     """The fixed validation set: N = num_tokens // seq_len rows of seq_len+1 tokens, int64 on CPU.
+
+    ``exact=False`` returns the rows the shard holds when it holds fewer than N (instead of raising).
 
     Best-fit packed from the validation shard in file order, exactly like training rows. It depends on nothing
     but its arguments (not world size, not batch size), so every configuration evaluates the same tokens: give
@@ -491,6 +499,8 @@ def validation_rows(
             if made == num_rows:
                 break
         prefetcher.cancel()
+    if made < num_rows and not exact:
+        return out[:made]
     if made < num_rows:
         raise ValueError(
             f"{val_file.name} holds only {made} validation rows of {seq_len + 1} tokens, fewer than the "

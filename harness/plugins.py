@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import inspect
@@ -76,25 +77,82 @@ def source_digest(files: dict[str, str]) -> str:
 
 
 def read_sources(folder: Path, files: dict[str, str]) -> dict[str, str]:
-    """The folder's text files, for embedding in a record; binary files are identified by digest only."""
+    """The folder's files as text, for embedding in a record (every file of a submission is UTF-8 text)."""
     out = {}
     for rel in sorted(files):
         try:
             out[rel] = (folder / rel).read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
+        except UnicodeDecodeError:
+            raise SubmissionError(
+                f"{folder / rel} is not UTF-8 text: a record embeds every file of its submission, so a submission "
+                f"holds text files only; move binary files out of {folder}"
+            ) from None
     return out
 
 
 def submission_files(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file of a submission folder; a symlink is refused by name."""
     from harness.fileio import sha256_file
 
     files = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if path.is_file() and not SKIP_PARTS & set(rel.parts) and path.suffix not in SKIP_SUFFIXES:
+        if SKIP_PARTS & set(rel.parts) or path.suffix in SKIP_SUFFIXES:
+            continue
+        if path.is_symlink():
+            raise SubmissionError(
+                f"{path} is a symlink (to {os.readlink(path)}): a record embeds the submission's own files, so "
+                f"replace the link with a copy of what it points to, or remove it"
+            )
+        if path.is_file():
             files[rel.as_posix()] = sha256_file(path)
     return files
+
+
+def locate_submission(spec: str) -> Path:
+    """The folder of a submission given as a folder, a hooks file or an entry-point name, without importing it."""
+    candidate = Path(spec)
+    if candidate.is_file() and candidate.suffix == ".py":
+        candidate = candidate.parent
+    if candidate.is_dir():
+        if not (candidate / HOOKS_FILE).is_file():
+            raise SubmissionError(
+                f"{candidate} is a folder but has no {HOOKS_FILE}; put the submission's @hookimpl functions "
+                f"in {candidate / HOOKS_FILE} (start from `python -m harness.new NAME --from submissions/climbmix`)."
+            )
+        return candidate.resolve()
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name == spec:
+            search = None
+            for part in entry_point.module.split("."):  # find the module's files without running any of them
+                found = importlib.machinery.PathFinder.find_spec(part, search)
+                if found is None or found.origin is None:
+                    raise SubmissionError(f"entry point {spec!r} names {entry_point.module}, which is not installed")
+                search = found.submodule_search_locations
+            return Path(found.origin).resolve().parent
+    raise no_such_submission(spec)
+
+
+def no_such_submission(spec: str) -> SubmissionError:
+    known = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return SubmissionError(
+        f"no submission {spec!r}: not a folder with a {HOOKS_FILE} and not an entry point in the "
+        f"{ENTRY_POINT_GROUP!r} group (installed: {', '.join(known) or 'none'}). Pass a folder such as "
+        f"submissions/climbmix."
+    )
+
+
+def describe_folder(folder: Path, name: str | None = None) -> dict:
+    """What a record says of a submission: its name, folder, files with digests, their text, one digest."""
+    files = submission_files(folder)
+    return {
+        "name": name or folder.name,
+        "path": str(folder),
+        "source_digest": source_digest(files),
+        "overrides": [],
+        "files": files,
+        "sources": read_sources(folder, files),
+    }
 
 
 def import_hooks_file(path: Path, module_name: str) -> ModuleType:
@@ -141,12 +199,7 @@ def resolve(spec: str) -> tuple[str, Path, ModuleType]:
             if hasattr(module, "submission"):  # a package whose hooks live in its submission.py
                 module = module.submission
             return spec, Path(module.__file__).resolve().parent, module
-    known = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-    raise SubmissionError(
-        f"no submission {spec!r}: not a folder with a {HOOKS_FILE} and not an entry point in the "
-        f"{ENTRY_POINT_GROUP!r} group (installed: {', '.join(known) or 'none'}). Pass a folder such as "
-        f"submissions/climbmix."
-    )
+    raise no_such_submission(spec)
 
 
 def check_hook_functions(module: ModuleType, valid: list[str]) -> None:

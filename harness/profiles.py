@@ -15,12 +15,36 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from harness.flops import peak_flops
+
 # The reference evaluates 80 x 524,288 validation tokens (nanochat-recipe.md, Tokenizer).
 REFERENCE_VAL_TOKENS = 80 * 524_288
+
+
+GPU_BUDGETS = {
+    "worker_start": (0.0, 120.0),  # the worker process starting: Python, torch, CUDA
+    "load": (0.0, 60.0),  # importing the submission
+    "build": (0.0, 300.0),  # model, plan, optimizer, schedule (the reference builds d24 in seconds)
+    "warmup": (0.0, 900.0),  # 10 warm-up steps with torch.compile (the reference compiles in 1-2 minutes)
+    "log": (0.01, 10.0),  # the harness's logging and the submission's log_metrics observers
+    "eval_bpb": (0.10, 120.0),  # the in-training val_bpb on held-out rows
+    "checkpoint": (0.10, 300.0),
+    "export": (0.0, 600.0),
+}
+CPU_BUDGETS = {
+    "worker_start": (0.0, 60.0),
+    "load": (0.0, 30.0),
+    "build": (0.0, 30.0),
+    "warmup": (0.0, 120.0),
+    "log": (0.01, 3.0),
+    "eval_bpb": (0.25, 30.0),
+    "checkpoint": (0.10, 30.0),
+    "export": (0.0, 60.0),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,12 @@ class Profile:
     dataset: str | None = None  # forces the dataset (the smoke profile cannot download real corpora)
     warmup_steps: int = 10  # untimed steps before the clock starts (compilation, allocator warm-up)
     eval_every: int = 250  # val_bpb every N steps, as the reference does
+    monitor_tokens: int = 4 * 524_288  # held-out validation tokens for the in-training val_bpb (after val_tokens)
+    # Untimed phases that run submission code are bounded: over its budget a run is not eligible (docs/rules.md).
+    # phase -> (share of training time, floor in seconds); the budget is the larger of the two.
+    budgets: dict = field(default_factory=lambda: dict(GPU_BUDGETS))
+    hang_floor_s: float = 300.0  # a step making no progress this long (and 20x the median step) is hung
+    hang_cap_s: float = 3600.0  # any other phase of the worker making no progress this long is hung
     # Calibration floors for record eligibility: a node slower than this is not a fair 8xH100.
     min_matmul_tflops: float = 0.0
     min_memory_gbps: float = 0.0
@@ -89,6 +119,10 @@ PROFILES = {
         dataset="smoke",
         warmup_steps=1,
         eval_every=30,
+        monitor_tokens=16 * 1024,
+        budgets=dict(CPU_BUDGETS),
+        hang_floor_s=30.0,
+        hang_cap_s=300.0,
     ),
 }
 
@@ -235,14 +269,8 @@ def calibration_shortfalls(profile: Profile, calibration: dict) -> list[str]:
     return reasons
 
 
-def profile_dict(profile: Profile) -> dict:
-    return asdict(profile)
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """Peak bf16 FLOP/s of one device, or None where unknown (CPU, unlisted GPUs): MFU is then not reported."""
-    if device.type != "cuda":
+def peak_flops_of(fingerprint: dict) -> float | None:
+    """Peak bf16 FLOP/s of one of the fingerprinted GPUs, or None (CPU, unlisted GPUs): MFU is then not reported."""
+    if not fingerprint.get("gpus"):
         return None
-    from harness.flops import peak_flops as by_name
-
-    return by_name(torch.cuda.get_device_name(device))
+    return peak_flops(fingerprint["gpus"][0]["name"])

@@ -1,68 +1,69 @@
-"""Run a submission end to end under the harness's clock and write its record.
+"""Run a submission end to end: the referee, which times, evaluates and records a training worker it launches.
 
     python -m harness.run submissions/climbmix                       # auto profile: cpu smoke run here
     python -m harness.run submissions/climbmix --profile cpu --depth 4 --seed 1 --out /tmp/r1
     torchrun --nproc_per_node=8 -m harness.run submissions/climbmix --profile 8xh100
 
-main() reads top to bottom: profile, submission, data and tokenizer, eval bundle, model, plan, optimizer,
-schedule, untimed warm-up, timed training, val_bpb, final checkpoint, CORE, record. What the clock
-counts is written in harness/clock.py and the README's rules section.
+This process never imports submission code. It resolves the configuration once, prepares and verifies the data,
+tokenizer and eval bundle, then starts the training worker (harness/worker.py; under torchrun rank 0 referees
+and every other rank becomes a worker), follows it through the messages it sends (stamping each with its own
+clock, watching for hangs), checks what it can, evaluates the exported model in an isolated process
+(harness/evaluate.py) and writes the record. What is guaranteed and what is left to review: docs/rules.md.
+
+main() reads top to bottom: configuration, output directory, setup, the submission's dataset choice, data,
+training, checks, evals, record.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime as dt
-import hashlib
 import json
-import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.distributed as torch_dist
 from filelock import Timeout
-from torch.nn.parallel import DistributedDataParallel
 
-from evals.bpb import evaluate_bpb
-from evals.bundle import resolve_bundle
-from evals.core import evaluate_core
-from harness import checkpoint, guard, profiles
-from harness.clock import Clock, EventLog
+from evals.bundle import load_bundle, resolve_bundle
+from harness import profiles
+from harness.channel import CLOSED, Channel
+from harness.clock import EventLog
 from harness.data import get_tokenizer, prepare_dataset
-from harness.fileio import file_lock
-from harness.guard import RunInterrupted, StopSignal, call_hook
-from harness.hookspecs import Plan, Run
-from harness.loader import TrainLoader, validation_rows
-from harness.plugins import (
-    Submission,
-    SubmissionError,
-    load_submission,
-    read_sources,
-    source_digest,
-    submission_files,
-)
+from harness.evaluate import isolated_command
+from harness.fileio import atomic_write_json, file_lock
+from harness.guard import check_free_space
+from harness.loader import validation_rows
+from harness.plugins import SubmissionError, describe_folder, locate_submission
 from harness.record import harness_digest, write_record
 from harness.report import Progress, new_record, summary_table
+from harness.watch import FileWatch, become_subreaper, changed_since, library_roots, reap_descendants
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
-
-
-class RunDiverged(Exception):
-    def __init__(self, step: int, loss: float, last_finite: float | None):
-        super().__init__(f"loss became {loss} at step {step} (last finite loss: {last_finite})")
-        self.step, self.loss, self.last_finite = step, loss, last_finite
+CLOCK_TOLERANCE = (0.02, 2.0)  # the worker's and the referee's clocks may differ by 2% or 2 s, whichever is larger
+STOP_GRACE_S = {"cpu": 60.0, "cuda": 300.0}  # how long a stopping worker may take to save its checkpoint
+WARMUP_LOSS_RTOL = {"cpu": 0.0, "cuda": 1e-3}  # bitwise on CPU; GPU kernels may reduce in another order
 
 
 class UsageError(Exception):
     """Bad arguments or hardware for the asked profile: print the message and exit 2, no record."""
+
+
+class RunFailed(Exception):
+    """The run cannot produce a valid result; the message says what the referee found."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM reached the referee."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,11 +95,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue --out's run from its last checkpoint")
-    p.add_argument(
-        "--fresh-eval",
-        action="store_true",
-        help="compute CORE in a fresh process from the saved model (always done for record-eligible runs)",
-    )
     p.add_argument("--no-core", action="store_true", help="skip CORE (development; no CORE in the record)")
     p.add_argument("--wandb", metavar="PROJECT", help="log to Weights & Biases (offline unless WANDB_MODE=online)")
     args = p.parse_args(argv)
@@ -115,117 +111,137 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------------------------------------
-# Distributed setup: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; NCCL on GPUs, gloo on CPU
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything the command line and the profile decide, resolved once."""
 
+    argv: list[str]
+    submission: str
+    profile: profiles.Profile
+    out: Path
+    seed: int
+    depth: int | None  # None: the submission's own default
+    max_steps: int | None  # the smaller of --max-steps and the profile's cap
+    max_per_task: int | None  # CORE records per task; None: every record
+    core: bool
+    checkpoint_every: int
+    resume: bool
+    data_dir: Path | None
+    eval_bundle: Path | None
+    train_shards: int
+    wandb: str | None
+    world_size: int  # torchrun's WORLD_SIZE (1 without torchrun)
 
-def init_distributed(profile: profiles.Profile) -> tuple[int, int, int, torch.device]:
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if profile.device_type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True  # the reference allows TF32 for fp32 matmuls
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        device = torch.device("cpu")
-        # Share the cores between the ranks on this node instead of oversubscribing them. An explicit
-        # OMP_NUM_THREADS wins: on a shared machine one thread avoids OpenMP's spin-wait contention (measured on
-        # 2 busy cores, 5 steps at d2: 5-7 s on 1 thread, 14-36 s on 2).
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // local_world)
-        torch.set_num_threads(threads)
-    if world_size > 1 and not torch_dist.is_initialized():
-        if device.type == "cuda":
-            torch_dist.init_process_group("nccl", device_id=device)
-        else:
-            torch_dist.init_process_group("gloo")
-    return rank, local_rank, world_size, device
-
-
-def compute_dtype(device: torch.device) -> str:
-    """bf16 on GPUs that support it, fp32 on CPU; SPEEDRUN_DTYPE overrides (nanochat-recipe.md, Precision)."""
-    override = os.environ.get("SPEEDRUN_DTYPE")
-    if override:
-        if override not in ("float32", "bfloat16", "float16"):
-            raise UsageError(f"SPEEDRUN_DTYPE={override!r}: use float32, bfloat16 or float16")
-        return override
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bfloat16"
-    return "float32"
-
-
-def broadcast(value, world_size: int):
-    if world_size == 1:
-        return value
-    box = [value]
-    torch_dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def reduce_over_ranks(value: float, device: torch.device, world_size: int, op: str = "max") -> float:
-    """The maximum or mean of a per-rank number over all ranks (the number itself with one rank)."""
-    if world_size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX if op == "max" else torch_dist.ReduceOp.SUM)
-    return t.item() if op == "max" else t.item() / world_size
-
-
-# ------------------------------------------------------------------------------------------------
-# Checks on what the submission's hooks returned: fail early, naming the hook and the fix
-
-
-def check_outputs(submission: Submission, model, plan, optimizer, schedule, run: Run) -> int:
-    """Check what the hooks returned, naming the file that answered; return the gradient accumulation steps."""
-
-    def fail(hook: str, problem: str):
-        raise SubmissionError(f"{guard.hook_file(submission, hook)}: {hook} {problem}")
-
-    if plan.num_steps < 1 or plan.device_batch < 1 or plan.seq_len < 2:
-        fail("plan_training", f"returned an empty plan: {plan}")
-    try:
-        accum = plan.grad_accum_steps(run.world_size)
-    except ValueError as exc:
-        fail("plan_training", f"planned a batch that does not divide: {exc}")
-    if run.max_steps and plan.num_steps > run.max_steps:
-        fail("plan_training", f"planned {plan.num_steps} steps over the cap run.max_steps={run.max_steps}")
-    in_groups = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_groups]
-    if missing:
-        fail(
-            "build_optimizer",
-            f"left {len(missing)} parameters out of every group (first: {', '.join(missing[:3])}); "
-            f"add them to a parameter group",
+    @classmethod
+    def resolve(cls, args: argparse.Namespace, argv: list[str], profile: profiles.Profile) -> Config:
+        asked = profile.core_max_per_task if args.max_per_task is None else args.max_per_task
+        return cls(
+            argv=argv,
+            submission=args.submission,
+            profile=profile,
+            out=args.out or default_out_dir(Path(args.submission).name),
+            seed=args.seed,
+            depth=args.depth or profile.default_depth,
+            max_steps=min(filter(None, (args.max_steps, profile.max_steps)), default=None),
+            max_per_task=None if asked == -1 else asked,
+            core=not args.no_core,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            data_dir=args.data_dir,
+            eval_bundle=args.eval_bundle,
+            train_shards=args.train_shards,
+            wandb=args.wandb,
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
         )
-    if not callable(schedule):
-        fail("build_schedule", f"returned {type(schedule).__name__}, not a callable schedule(step) -> dict")
-    return accum
 
 
-def state_digest(obj) -> str:
-    """A digest of nested state (tensors by dtype, shape and bytes): equal digests mean identical state."""
-    digest = hashlib.sha256()
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
 
-    def visit(x):
-        if isinstance(x, torch.Tensor):
-            t = x.detach().cpu().contiguous()
-            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        elif isinstance(x, dict):
-            for k in sorted(x, key=str):
-                digest.update(f"K{k!s}".encode())
-                visit(x[k])
-        elif isinstance(x, list | tuple):
-            digest.update(f"L{len(x)}".encode())
-            for item in x:
-                visit(item)
-        else:
-            digest.update(f"V{x!r}".encode())
+    # ---- under torchrun, rank 0 referees and every other rank is a training worker
+    if int(os.environ.get("RANK", 0)) > 0:
+        become_worker(argv)
+    args = parse_args(argv)
+    record = new_record(args, argv)
+    started = time.monotonic()
 
-    visit(obj)
-    return digest.hexdigest()
+    # ---- profile and hardware: refuse a profile this machine cannot run, before anything else
+    try:
+        profile = profiles.resolve_profile(args.profile)
+        fp = profiles.fingerprint()
+        config = Config.resolve(args, argv, profile)
+        problems = profiles.hard_mismatches(profile, fp, config.world_size)
+        if problems:
+            raise UsageError(
+                f"cannot run profile {profile.name!r} here. Found: {profiles.describe_hardware(fp)}, world size "
+                f"{config.world_size}. " + "; ".join(problems) + ". Use --profile auto to run what this machine can."
+            )
+        if os.environ.get("SPEEDRUN_DTYPE", "float32") not in ("float32", "bfloat16", "float16"):
+            raise UsageError(f"SPEEDRUN_DTYPE={os.environ['SPEEDRUN_DTYPE']!r}: use float32, bfloat16 or float16")
+    except (UsageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    record.update(profile=profile.name, fingerprint=fp)
+
+    # ---- output directory: writable with room to spare, one run at a time, never over a finished record
+    out = config.out
+    try:
+        check_out_dir(out, config.resume)
+        lock = file_lock(out / "run", timeout=0)
+        lock.acquire()
+    except Timeout:
+        print(f"error: another run is writing to {out}; wait for it or pass another --out", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    events = EventLog(out / "events.jsonl")
+    events.write("run_start", None, {"submission": config.submission, "profile": profile.name, "argv": argv})
+    referee = Referee(config, record, events)
+    become_subreaper()  # whatever the worker leaves behind stays ours to find and end
+    signals = Signals().install()
+
+    # ---- the run itself: every way it can end produces a record
+    try:
+        referee.run(signals)
+        record["status"] = "finished"
+    except RunInterrupted as exc:
+        record["status"] = "interrupted"
+        record["error"] = {"message": str(exc), "traceback": ""}
+    except WorkerEnded as exc:
+        record["status"], record["error"] = exc.status, exc.error
+    except Exception as exc:  # noqa: BLE001 - every failure must still produce a record
+        record["status"] = "failed"
+        message = str(exc) if isinstance(exc, SubmissionError | RunFailed) else f"{type(exc).__name__}: {exc}"
+        record["error"] = {"message": message or type(exc).__name__, "traceback": traceback.format_exc()}
+    finally:
+        reap_descendants()
+
+    # ---- record: the submission's observers see a copy; then the referee writes it, once, atomically
+    referee.observe(signals)
+    signals.deferring = True  # a signal now is noted, not allowed to cut the record short
+    referee.close_phases()
+    record["phases"] = {k: round(v, 6) for k, v in sorted(referee.phases.items())}
+    record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    events.write("run_stop", None, record["status"])
+    record["wall_time_s"] = round(time.monotonic() - started, 3)
+    write_record(out, record)
+    print(summary_table(record))
+    print(f"record: {out / 'record.json'}")
+    if record["error"]:
+        print(f"{record['status']}: {record['error']['message']}", file=sys.stderr)
+    events.close()
+    lock.release()
+    signals.uninstall()
+    return 0 if record["status"] == "finished" else 1
+
+
+def become_worker(argv: list[str]) -> None:
+    """A torchrun rank other than 0: replace this process with a training worker (rank 0's referee feeds it)."""
+    args = parse_args(argv)
+    device_type = profiles.resolve_profile(args.profile).device_type
+    cmd = [sys.executable, "-m", "harness.worker", "--device-type", device_type]
+    os.execv(sys.executable, cmd)
 
 
 def default_out_dir(submission_name: str) -> Path:
@@ -250,537 +266,545 @@ def check_out_dir(out: Path, resume: bool) -> None:
         raise UsageError(f"{out} already holds a record; pass a new --out (or --resume to continue that run)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    record = new_record(args, argv)
-    wall_start = time.time()
+# ------------------------------------------------------------------------------------------------
+# Signals: the referee stops at once in its own phases, and tells the worker to stop at a step boundary
 
-    # ---- profile and hardware: refuse a profile this machine cannot run, before anything else
-    try:
-        profile = profiles.resolve_profile(args.profile)
-        fp = profiles.fingerprint()
-        world_size_env = int(os.environ.get("WORLD_SIZE", 1))
-        problems = profiles.hard_mismatches(profile, fp, world_size_env)
-        if problems:
-            raise UsageError(
-                f"cannot run profile {profile.name!r} here. Found: {profiles.describe_hardware(fp)}, world size "
-                f"{world_size_env}. " + "; ".join(problems) + ". Use --profile auto to run what this machine can."
-            )
-        rank, local_rank, world_size, device = init_distributed(profile)
-        dtype = compute_dtype(device)
-    except (UsageError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    master = rank == 0
-    record.update(profile=profile.name, fingerprint=fp)
 
-    # ---- output directory: writable with room to spare, one run at a time, never over a finished record
-    out = broadcast(args.out or default_out_dir(Path(args.submission).name), world_size)
-    lock = None
-    if master:
-        try:
-            check_out_dir(out, args.resume)
-            lock = file_lock(out / "run", timeout=0)
-            lock.acquire()
-        except Timeout:
-            print(f"error: another run is writing to {out}; wait for it or pass another --out", file=sys.stderr)
-            return 2
-        except UsageError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    events = EventLog(out / "events.jsonl" if master else None, start=wall_start)
-    clock = Clock(device, events)
-    events.write("run_start", None, {"submission": args.submission, "profile": profile.name, "argv": argv})
-    stop = StopSignal().install()
-    state = {"step": 0, "out": out, "world_size": world_size, "record": record}
+class Signals:
+    """SIGINT/SIGTERM: raise RunInterrupted in the referee's own phases; while a child runs, only note them."""
 
-    # ---- the run itself: every way it can end produces a record
-    submission = None
-    try:
-        referee = guard.referee_snapshot()  # the harness and eval code as imported, before any submission code
-        with clock.phase("load"):
-            submission = load_submission(args.submission)  # a contract error stops here, before data or model
-        record["submission"] = describe(submission)
-        if args.wandb and master:
+    def __init__(self):
+        self.received: list[str] = []
+        self.deferring = False
+
+    def install(self) -> Signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received.append(signal.Signals(signum).name)
+        if not self.deferring:
+            raise RunInterrupted(f"received {self.received[-1]}")
+
+    @staticmethod
+    def uninstall() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# ------------------------------------------------------------------------------------------------
+# The referee
+
+
+class WorkerEnded(Exception):
+    """The worker stopped before finishing: failed, diverged or interrupted, as it (or the referee) reported."""
+
+    def __init__(self, status: str, error: dict):
+        super().__init__(error["message"])
+        self.status, self.error = status, error
+
+
+class Referee:
+    """The run as the referee sees it: its own phases, the worker's reports, and the record they fill."""
+
+    def __init__(self, config: Config, record: dict, events: EventLog):
+        self.config, self.record, self.events = config, record, events
+        self.profile = config.profile
+        self.phases: dict[str, float] = defaultdict(float)  # seconds per phase, on the referee's clock
+        self.current, self.since = "setup", time.monotonic()
+        self.worker_phases: dict[str, float] = {}
+        self.reports: dict[str, dict] = {}  # the last message of each kind from the worker
+        self.step_seconds: list[float] = []  # as the worker timed them
+        self.step_observed: list[float] = []  # as the referee saw them
+        self.losses: dict[int, float] = {}
+        self.step = 0
+        self.step_began = 0.0
+        self.probing = False  # the probe's own phases all count as "probe"
+        self.progress: Progress | None = None
+        self.wandb = None
+
+    # -- phases on the referee's clock: each moment of the run belongs to exactly one --------------------------
+
+    def enter(self, name: str, at: float | None = None, **info) -> None:
+        at = time.monotonic() if at is None else at
+        seconds = at - self.since
+        self.phases[self.current] += seconds
+        if self.current not in ("train", "log"):
+            self.events.write("phase_stop", self.current, {"seconds": round(seconds, 6)}, at=at)
+        if name not in ("train", "log"):
+            self.events.write("phase_start", name, info or None, at=at)
+        self.current, self.since = name, at
+
+    def close_phases(self) -> None:
+        self.enter("record")
+        self.phases["record"] += time.monotonic() - self.since
+        self.since = time.monotonic()
+
+    # -- the run ------------------------------------------------------------------------------------------------
+
+    def run(self, signals: Signals) -> None:
+        config, record, profile = self.config, self.record, self.profile
+        out = config.out
+
+        # ---- eval bundle first: a missing bundle fails before any long work
+        bundle = resolve_bundle(config.eval_bundle) if config.core else None
+        folder = locate_submission(config.submission)
+        record["submission"] = describe_folder(folder, None if Path(config.submission).exists() else config.submission)
+
+        # ---- the submission's dataset choice, from a short-lived worker (the referee never imports it)
+        self.enter("probe")
+        inputs = out / "inputs"
+        probe_config = self.worker_config(out, run={**self.run_fields(), "vocab_size": profile.vocab_size,
+                                                     "bos_token_id": -1})  # fmt: skip
+        atomic_write_json(inputs / "probe.json", probe_config)
+        self.follow_worker(inputs / "probe.json", signals, mode=["--probe"])
+        self.record_overrides()
+        selected = self.reports["dataset"]["selected"]
+
+        # ---- data and tokenizer, verified against their digests; the held-out rows of the in-training val_bpb
+        self.enter("setup")
+        dataset_name = profile.dataset or selected
+        dataset = prepare_dataset(dataset_name, train_shards(config, dataset_name), data_dir=config.data_dir)
+        tokenizer = get_tokenizer(dataset, profile.vocab_size)
+        tokenizer.save(out / "tokenizer.json")
+        record["data"] = {
+            "dataset": dataset.name,
+            "selected": selected,
+            "digest": dataset.digest,
+            "pinned": dataset.pinned,
+            "shards": dataset.digests,
+            "stream_digest": None,
+            "tokens_consumed": 0,
+        }
+        record["tokenizer"] = {"digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size}
+        if bundle is not None:
+            record["eval_bundle"] = {"path": str(bundle.root), "digest": bundle.digest,
+                                     "missing_labels": list(bundle.missing_labels)}  # fmt: skip
+        monitor = monitor_rows(dataset.val_file, tokenizer, profile)
+        if monitor is not None:
+            torch.save(monitor, inputs / "monitor_rows.pt")
+        worker_config = self.worker_config(
+            out,
+            run={**self.run_fields(), "vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.bos_token_id},
+            train_files=[str(f) for f in dataset.train_files],
+            tokenizer=str(out / "tokenizer.json"),
+            tokenizer_digest=tokenizer.digest,
+            monitor_rows=str(inputs / "monitor_rows.pt") if monitor is not None else None,
+        )
+        atomic_write_json(inputs / "worker.json", worker_config)
+        check_free_space(out, 1 << 30)
+        if config.wandb:
             from harness.wandb_observer import WandbObserver
 
-            config = {"submission": submission.name, "profile": profile.name, "argv": argv}
-            submission.pm.register(WandbObserver(args.wandb, out.name, config), name="observer:wandb")
-        where = Where(rank, local_rank, world_size, device, dtype)
-        run_training(args, profile, submission, record, clock, state, stop, where, referee)
-        record["status"] = "finished"
-    except RunDiverged as exc:
-        record["status"] = "diverged"
-        record["error"] = {**error_of(exc), "step": exc.step, "last_finite_loss": exc.last_finite}
-    except (RunInterrupted, KeyboardInterrupt) as exc:
-        record["status"] = "interrupted"
-        record["error"] = error_of(exc)
-        record["checkpoint"] = checkpoint_on_interrupt(state, clock, master, getattr(exc, "agreed", False))
-    except Exception as exc:  # noqa: BLE001 - every failure must still produce a record
-        record["status"] = "failed"
-        record["error"] = error_of(exc)
-        if submission is None and isinstance(exc, SubmissionError):
-            record["submission"] = describe_unloadable(args.submission)
-    finally:
-        stop.uninstall()
+            self.wandb = WandbObserver(config.wandb, out.name, {"submission": config.submission,
+                                                                 "profile": profile.name, "argv": config.argv})
 
-    # ---- record: only rank 0 writes, atomically
-    record["training_time_s"] = state.get("training_time_s", clock.training_time_s)
-    record["steps_completed"] = state["step"]
-    clock.flush_train(state["step"])
-    record["phases"] = {k: round(v, 6) for k, v in sorted(clock.phases.items())}
-    record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    events.write("run_stop", None, record["status"])
-    record["wall_time_s"] = round(time.time() - wall_start, 3)
-    if master:
-        write_record(out, record)
-        if submission is not None:
-            submission.hook.run_finished(record=record, run=state.get("run"))
-        print(summary_table(record))
-        print(f"record: {out / 'record.json'}")
-        if record["error"]:
-            print(f"{record['status']}: {record['error']['message']}", file=sys.stderr)
-        lock.release()
-    events.close()
-    if world_size > 1 and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
-    return 0 if record["status"] == "finished" else 1
+        # ---- training, in the worker; the referee watches the files the worker must not read
+        watched = [dataset.val_file] + ([bundle.root] if bundle is not None else [])
+        watch = FileWatch(watched)
+        worker_started = time.time()
+        self.follow_worker(inputs / "worker.json", signals)
+        left_behind = reap_descendants()
+        touched = watch.close()
+        self.enter("checks")
+        changed = changed_since(worker_started, library_roots())
+        record["watch"] = {"available": watch.available, "watched": [str(p) for p in watched],
+                           "touched": touched, "libraries_changed": changed,
+                           "left_behind": len(left_behind)}  # fmt: skip
+        self.record_training()
 
+        # ---- what the referee checks: the clocks agree, the warm-up restored everything, nothing was tampered with
+        problems = [*self.clock_problems(), *self.warmup_problems()]
+        if touched:
+            problems.append(f"the worker opened files it must not read: {', '.join(touched[:3])} (the evaluation "
+                            f"data is the referee's alone)")  # fmt: skip
+        if changed:
+            problems.append(f"files of the Python installation changed while the worker ran: {', '.join(changed[:3])}")
+        if harness_digest() != record["harness"]["source_digest"]:
+            problems.append("harness or eval source files changed on disk during the run")
+        data_now = prepare_dataset(dataset.name, train_shards(config, dataset.name), data_dir=config.data_dir)
+        if data_now.digest != dataset.digest:
+            problems.append(f"dataset {dataset.name} shards changed during the run")
+        if bundle is not None and load_bundle(bundle.root).digest != bundle.digest:
+            problems.append("the eval bundle changed during the run")
+        if problems:
+            raise RunFailed("; ".join(problems) + ". The referee's code, clock and files may not be touched by a "
+                            "submission (docs/rules.md).")  # fmt: skip
 
-@dataclasses.dataclass(frozen=True)
-class Where:
-    """This process's place in the run."""
+        # ---- the referee's evals of the exported program: val_bpb on the fixed rows, CORE, the calibration
+        self.enter("eval")
+        exported = self.reports["exported"]
+        evaluated = self.evaluate(Path(exported["path"]), exported["sha256"], dataset, tokenizer, bundle, signals)
+        record["calibration"] = evaluated.get("calibration", {})
+        record["program"] = {"path": exported["path"], "sha256": exported["sha256"], **evaluated["program"]}
+        record["metrics"]["val_bpb"] = evaluated["val_bpb"]
+        record["evals"].append({"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation"})
+        self.events.write("val_bpb", self.step, evaluated["val_bpb"])
+        if bundle is not None:
+            core = evaluated["core"]
+            record["metrics"].update(core=core["core"], core_partial=core["core_partial"],
+                                     core_label="CORE" if core["core"] is not None else "core_partial",
+                                     core_tasks=core["per_task"])  # fmt: skip
+            record["eval_bundle"].update(max_per_task=config.max_per_task or -1, evaluated_in="referee")
+            self.events.write("core", self.step, core["core"] if core["core"] is not None else core["core_partial"])
+        record["eligibility"] = eligibility(config, record, bundle, dataset, self.budget_report(), left_behind)
+        if self.wandb is not None:
+            self.wandb.run_finished(record)
 
-    rank: int
-    local_rank: int
-    world_size: int
-    device: torch.device
-    dtype: str
+    def observe(self, signals: Signals) -> None:
+        """The submission's run_finished observers see a copy of the record, in a worker of their own, before the
+        referee writes the record itself: nothing they do to files can change it."""
+        loaded = self.reports.get("loaded")
+        if loaded is None or "run_finished" not in loaded["overrides"]:
+            return
+        self.enter("observe")
+        copy = self.config.out / "inputs" / "record.json"
+        atomic_write_json(copy, self.record)
+        try:
+            inputs = self.config.out / "inputs"
+            config_file = inputs / "worker.json" if (inputs / "worker.json").exists() else inputs / "probe.json"
+            self.follow_worker(config_file, signals, mode=["--observe", str(copy)])
+        except (WorkerEnded, RunInterrupted) as exc:
+            print(f"warning: run_finished failed: {exc}", file=sys.stderr)
+        reap_descendants()
 
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
+    def run_fields(self) -> dict:
+        config, profile = self.config, self.profile
+        return {"profile": profile.name, "seed": config.seed, "seq_len": profile.seq_len, "depth": config.depth,
+                "max_steps": config.max_steps, "max_batch_tokens": profile.max_batch_tokens}  # fmt: skip
 
-
-def run_training(args, profile, submission, record, clock, state, stop, where: Where, referee) -> None:
-    rank, world_size, device, master = where.rank, where.world_size, where.device, where.master
-    out = state["out"]
-
-    # ---- data, tokenizer, eval bundle (untimed setup; each is verified against its committed digests)
-    with clock.phase("setup"):
-        record["calibration"] = profiles.calibrate(device, world_size)
-        probe = Run(
-            profile=profile.name,
-            device=str(device),
-            dtype=where.dtype,
-            rank=rank,
-            local_rank=where.local_rank,
-            world_size=world_size,
-            seed=args.seed,
-            vocab_size=profile.vocab_size,
-            bos_token_id=-1,
-            seq_len=profile.seq_len,
-            depth=args.depth or profile.default_depth,
-            max_steps=min(filter(None, (args.max_steps, profile.max_steps)), default=None),
-            max_batch_tokens=profile.max_batch_tokens,
-        )
-        bundle = None if args.no_core else resolve_bundle(args.eval_bundle)  # first: a missing bundle fails fast
-        asked = call_hook(submission, "select_dataset", run=probe)
-        dataset_name = profile.dataset or asked
-        # Rank 0 prepares (builds, verifies, trains the tokenizer) first; the others then find it cached.
-        for turn in ("master", "others"):
-            if (turn == "master") == master:
-                dataset = prepare_dataset(dataset_name, train_shards(args, dataset_name), data_dir=args.data_dir)
-                tokenizer = get_tokenizer(dataset, profile.vocab_size)
-            if world_size > 1:
-                torch_dist.barrier()
-    record["data"] = {
-        "dataset": dataset.name,
-        "selected": asked,
-        "digest": dataset.digest,
-        "pinned": dataset.pinned,
-        "shards": dataset.digests,
-        "stream_digest": None,
-        "tokens_consumed": 0,
-    }
-    record["tokenizer"] = {"digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size}
-    if bundle is not None:
-        record["eval_bundle"] = {
-            "path": str(bundle.root),
-            "digest": bundle.digest,
-            "missing_labels": list(bundle.missing_labels),
+    def worker_config(self, out: Path, run: dict, **fields) -> dict:
+        config = self.config
+        return {
+            "submission": config.submission,
+            "out": str(out),
+            "run": run,
+            "resume": config.resume,
+            "warmup_steps": self.profile.warmup_steps,
+            "eval_every": self.profile.eval_every,
+            "checkpoint_every": config.checkpoint_every,
+            **fields,
         }
-    run = dataclasses.replace(probe, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id)
-    state["run"] = run
-    record["run"] = {"seed": run.seed, "world_size": world_size, "dtype": where.dtype, "depth": run.depth,
-                     "device": device.type}  # fmt: skip
 
-    # ---- model, plan, optimizer, schedule: the submission's hooks, checked before any training
-    with clock.phase("build"):
-        torch.manual_seed(run.seed)
-        model = call_hook(submission, "build_model", expect=torch.nn.Module, run=run)
-        plan = call_hook(submission, "plan_training", expect=Plan, model=model, run=run)
-        optimizer = call_hook(
-            submission, "build_optimizer", expect=torch.optim.Optimizer, model=model, plan=plan, run=run
-        )
-        schedule = call_hook(submission, "build_schedule", optimizer=optimizer, plan=plan, run=run)
-        accum = check_outputs(submission, model, plan, optimizer, schedule, run)
-        if master:
-            guard.check_free_space(out, checkpoint_bytes(model) * (3 if args.checkpoint_every else 1))
-        loader = TrainLoader(
-            dataset.train_files,
-            tokenizer,
-            plan.device_batch,
-            plan.seq_len,
-            rank=rank,
-            world_size=world_size,
-            device=str(device),
-            seed=run.seed,
-        )
-        val_rows = validation_rows(dataset.val_file, tokenizer, profile.val_tokens, plan.seq_len)
-        token_bytes = tokenizer.token_bytes().to(device)
-        trained = DistributedDataParallel(model) if world_size > 1 else model
-    state.update(model=model, optimizer=optimizer, loader=loader)
-    record["plan"] = {**dataclasses.asdict(plan), "grad_accum": accum}
-    record["eligibility"] = eligibility(args, profile, record, bundle, dataset)
-    peak = profiles.peak_flops(device)
+    # -- following a worker ------------------------------------------------------------------------------------
 
-    def one_step(step: int) -> tuple[torch.Tensor, dict]:
-        batches = (next(loader) for _ in range(accum))
-        loss = call_hook(submission, "train_step", model=trained, batches=batches, plan=plan, run=run)
-        settings = schedule(step)
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
-        return loss, settings
+    def follow_worker(self, config_file: Path, signals: Signals, mode: list[str] | None = None) -> None:
+        """Start a worker and follow it until it exits: the training worker, or with ``mode`` a short one
+        (``--probe``: the dataset choice; ``--observe RECORD``: run_finished) whose time counts as one phase.
 
-    def evaluate_val_bpb(step: int) -> float:
-        clock.flush_train(step)
-        with clock.phase("eval_bpb", step=step):
-            model.eval()
-            bpb = evaluate_bpb(model, val_rows, token_bytes, plan.device_batch, str(device))
-            model.train()
-        record["evals"].append({"step": step, "val_bpb": bpb})
-        clock.events.write("val_bpb", step, bpb)
-        return bpb
+        Raises WorkerEnded when it reports a failure, hangs, or exits without saying it finished.
+        """
+        channel = Channel()
+        self.reports = {}
+        device_type = self.profile.device_type
+        cmd = [sys.executable, "-m", "harness.worker", "--device-type", device_type, "--config", str(config_file)]
+        env = {**os.environ, **channel.env}
+        proc = subprocess.Popen([*cmd, *(mode or [])], env=env, start_new_session=True)
+        self.probing = mode is not None
+        if mode is None:
+            self.enter("worker_start")
+        signals.deferring = True
+        stopping_since = None
+        try:
+            while True:
+                received = channel.next(timeout=0.2)
+                if received is not None:
+                    self.handle(*received)
+                    if received[1]["kind"] == CLOSED:
+                        break
+                    continue
+                if proc.poll() is not None and channel.messages.empty():
+                    break
+                if signals.received and stopping_since is None:
+                    stopping_since = time.monotonic()
+                    _signal_group(proc, signal.SIGTERM)  # the worker stops at its next step boundary and saves
+                grace = STOP_GRACE_S[device_type]
+                if stopping_since is not None and time.monotonic() - stopping_since > grace:
+                    self.kill(proc)
+                    raise RunInterrupted(f"received {signals.received[0]}; the worker did not stop within {grace:.0f} "
+                                         f"s and was killed (no checkpoint saved)")  # fmt: skip
+                hung = self.hung()
+                if hung:
+                    self.kill(proc)
+                    raise WorkerEnded("failed", {"message": hung, "traceback": ""})
+            returncode = proc.wait()
+        finally:
+            signals.deferring = False
+            channel.close()
+            if self.progress is not None:
+                self.progress.close()
+        self.probing = False
+        self.enter("worker_exit")
+        error = self.reports.get("error")
+        if error is not None:
+            message = error["message"]
+            if error["status"] == "interrupted":
+                self.record["checkpoint"] = error.get("checkpoint")
+            raise WorkerEnded(error["status"], {"message": message, "traceback": error.get("traceback", "")})
+        if "done" not in self.reports:
+            raise WorkerEnded("failed", {"message": self.silent_exit(returncode), "traceback": ""})
+        if signals.received:
+            raise RunInterrupted(f"received {signals.received[0]}")
 
-    # ---- untimed warm-up on real batches (compilation, allocator), then restore the initial state exactly;
-    # a resumed run instead restores its last checkpoint (and is never record-eligible)
-    start_step = 0
-    if args.resume:
-        start_step = resume(out, rank, model, optimizer, loader, record, clock)
-    else:
-        with clock.phase("warmup", steps=profile.warmup_steps):
-            initial = {
-                "model": copy.deepcopy(model.state_dict()),
-                "optimizer": copy.deepcopy(optimizer.state_dict()),
-                "loader": loader.state_dict(),
-                "rng": torch.get_rng_state(),
-            }
-            before = state_digest([initial["model"], initial["optimizer"]])
-            for step in range(min(profile.warmup_steps, plan.num_steps)):
-                one_step(step)
-            model.load_state_dict(initial["model"])
-            optimizer.load_state_dict(initial["optimizer"])
-            loader.load_state_dict(initial["loader"])
-            torch.set_rng_state(initial["rng"])
-            if state_digest([model.state_dict(), optimizer.state_dict()]) != before:
-                raise RuntimeError(
-                    "the model or optimizer state after warm-up differs from the initial state; "
-                    "an optimizer keeps state outside state_dict(), which the contract forbids"
-                )
-        clock.events.write("warmup_restored", None, {"state_digest": before})
+    def handle(self, at: float, message: dict) -> None:
+        """One message from the worker: advance the referee's timeline and keep what it says."""
+        kind = message["kind"]
+        self.reports[kind] = message
+        if self.probing:
+            return
+        if kind == "phase_start":
+            self.enter(str(message.get("name")), at)
+        elif kind == "phase_stop":
+            self.enter("log" if "loop_start" in self.reports and "loop_stop" not in self.reports else "worker", at)
+        elif kind == "step_start":
+            self.enter("train", at)
+            self.step_began = at
+        elif kind == "step_stop":
+            self.enter("log", at)
+            self.step_seconds.append(float(message["seconds"]))
+            self.step_observed.append(at - self.step_began)
+        elif kind == "metrics":
+            self.step = int(message["step"]) + 1
+            self.losses[int(message["step"])] = message["loss"]
+            metrics = self.step_metrics(message)
+            self.progress.update(self.step - 1, metrics)
+            if self.wandb is not None:
+                self.wandb.log_metrics(self.step - 1, metrics)
+        elif kind == "loop_start":
+            self.enter("log", at)
+            self.step = int(message["step"])
+            self.progress = Progress(int(message["num_steps"]), self.step, enabled=True)
+            self.events.write("loop_start", self.step, None, at=at)
+        elif kind == "loop_stop":
+            self.enter("worker", at)
+            self.events.write("train_segment", message["step"], {"train_s": round(self.phases["train"], 6),
+                              "log_s": round(self.phases["log"], 6), "steps": len(self.step_seconds)},
+                              at=at)  # fmt: skip
+        elif kind == "eval":
+            self.record["evals"].append({"step": message["step"], "val_bpb": message["val_bpb"], "rows": "monitor"})
+            self.events.write("val_bpb_monitor", message["step"], message["val_bpb"], at=at)
+        elif kind == "warmup":
+            self.events.write("warmup_restored", None, {"state_digest": message["state_digest"],
+                              "first_loss": message["first_loss"]}, at=at)  # fmt: skip
+        elif kind == "resumed":
+            self.step = int(message["step"])
+            self.events.write("resumed", self.step, None, at=at)
+        elif kind == "checkpoint":
+            self.events.write("checkpoint", message["step"], message["path"], at=at)
+        elif kind == "phases":
+            self.worker_phases = {k: float(v) for k, v in message["phases"].items()}
+        elif kind == "garbled":
+            raise WorkerEnded("failed", {"message": "the worker sent a message that is not a JSON object",
+                                         "traceback": ""})  # fmt: skip
 
-    # ---- timed training: only the steps count (harness/clock.py); a non-finite loss stops the run at once
-    progress = Progress(plan.num_steps, start_step, master)
-    loss_every = max(1, plan.num_steps // LOSS_CURVE_POINTS)
-    last_finite = None
-    step_seconds = []  # each timed step's duration, for the steady-state step time (harness.ci)
+    def step_metrics(self, message: dict) -> dict:
+        """What a step line shows and wandb logs: the worker's loss and schedule, the referee's throughput."""
+        plan = self.reports["plan"]
+        step_time = sum(self.step_seconds) / max(1, len(self.step_seconds))
+        tokens_per_s = plan["plan"]["total_batch_tokens"] / max(step_time, 1e-9)
+        peak = profiles.peak_flops_of(self.record["fingerprint"])
+        mfu = plan["plan"]["flops_per_token"] * tokens_per_s / (peak * plan["run"]["world_size"]) if peak else None
+        metrics = {k: v for k, v in message.items() if k not in ("kind", "step")}
+        remaining = plan["plan"]["num_steps"] - self.step
+        return {**metrics, "tokens_per_s": tokens_per_s, "mfu": mfu, "eta_s": step_time * remaining}
 
-    # A stop signal takes effect at the next step boundary, the same one on every rank: no step is cut in half
-    # or lost, and the ranks can save one checkpoint together.
-    def any_rank(flag: bool) -> bool:
-        return reduce_over_ranks(float(flag), device, world_size, "max") > 0
-
-    with stop.deferred():
-        for step in range(start_step, plan.num_steps):
-            timed_before = clock.training_time_s
-            with clock.timed_step():
-                loss, settings = one_step(step)
-                loss_value = loss.item()
-            step_seconds.append(clock.training_time_s - timed_before)
-            state["step"] = step + 1
-            with clock.untimed("log"):
-                mean_loss = reduce_over_ranks(loss_value, device, world_size, "mean")  # non-finite if any rank's is
-            if not math.isfinite(mean_loss):
-                raise RunDiverged(step, mean_loss, last_finite)
-            last_finite = mean_loss
-            with clock.untimed("log"):
-                step_time = clock.training_time_s / max(1, clock.train_steps)
-                tokens_per_s = plan.total_batch_tokens / step_time
-                metrics = {
-                    "loss": mean_loss,
-                    "tokens_per_s": tokens_per_s,
-                    **settings,
-                    "mfu": plan.flops_per_token * tokens_per_s / (peak * world_size) if peak else None,
-                    "eta_s": step_time * (plan.num_steps - step - 1),
-                }
-                if step % loss_every == 0 or step + 1 == plan.num_steps:
-                    record["loss_curve"].append([step, round(metrics["loss"], 6)])
-                    clock.events.write("train_loss", step, round(metrics["loss"], 6))
-                progress.update(step, metrics)
-                submission.hook.log_metrics(step=step, metrics=metrics, run=run)
-            if profile.eval_every and (step + 1) % profile.eval_every == 0 and step + 1 < plan.num_steps:
-                submission.hook.log_metrics(step=step, metrics={"val_bpb": evaluate_val_bpb(step + 1)}, run=run)
-            if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < plan.num_steps:
-                save_checkpoint(clock, out, step + 1, model, optimizer, loader, record, world_size, master)
-            with clock.untimed("log"):
-                stop.raise_if_stopping(any_rank)
-    progress.close()
-
-    # ---- what training did, agreed over ranks: the slowest rank's time counts; one proof of data for all
-    state["training_time_s"] = reduce_over_ranks(clock.training_time_s, device, world_size, "max")
-    clock.events.write("step_times", start_step, [round(s, 6) for s in step_seconds])  # one line, not one per step
-    metrics = record["metrics"]
-    metrics["final_loss"] = record["loss_curve"][-1][1] if record["loss_curve"] else None
-    metrics["step_time_median_s"] = statistics.median(step_seconds) if step_seconds else None
-    metrics["tokens_per_s"] = plan.total_batch_tokens * clock.train_steps / max(clock.training_time_s, 1e-9)
-    if peak:
-        metrics["mfu"] = plan.flops_per_token * metrics["tokens_per_s"] / (peak * world_size)
-    if device.type == "cuda":
-        metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    record["data"]["stream_digest"] = combined_stream_digest(loader.stream_digest, world_size)
-    record["data"]["tokens_consumed"] = plan.total_batch_tokens * state["step"]
-
-    # ---- final evals (untimed): val_bpb, the final model saved, the referee checked, then CORE
-    metrics["val_bpb"] = evaluate_val_bpb(plan.num_steps)
-    with clock.phase("checkpoint"):
-        if master:
-            checkpoint.save_model(out / checkpoint.MODEL_DIR, model, tokenizer, run, submission)
-    with clock.phase("integrity"):
-        check_integrity(args, record, referee, dataset, bundle)
-    # A record-eligible run's reported numbers come from a fresh process that loads the saved model: nothing the
-    # submission did to this process (a patched torch function, global state) can reach them.
-    fresh = args.fresh_eval or record["eligibility"]["eligible"]
-    if fresh and master:
-        with clock.phase("eval_bpb_fresh"):
-            metrics["val_bpb"] = bpb_in_fresh_process(out, dataset.val_file, profile.val_tokens, plan, where)
-        record["evals"][-1]["val_bpb_fresh_process"] = metrics["val_bpb"]
-    if bundle is None:
-        return
-    max_per_task = profile.core_max_per_task if args.max_per_task is None else args.max_per_task
-    with clock.phase("eval_core", fresh_process=fresh):
-        if fresh:
-            core = core_in_fresh_process(out, bundle, max_per_task, where) if master else None
+    def hung(self) -> str | None:
+        """Why the worker counts as hung, or None: no message for longer than the limit of what it is doing."""
+        quiet = time.monotonic() - self.since
+        if self.current in ("train", "log"):
+            median = statistics.median(self.step_observed) if self.step_observed else 0.0
+            limit = max(self.profile.hang_floor_s, 20 * median)
+            where = f"train_step at step {self.step}" if self.current == "train" else f"log_metrics after step {self.step}"
         else:
-            model.eval()
-            with torch.no_grad():
-                progress_bar = master and sys.stderr.isatty()
-                result = evaluate_core(model, tokenizer, bundle, max_per_task, str(device), progress=progress_bar)
-            core = result.to_dict()
-            if master:
-                print(result.table())
-    if master:
-        metrics.update(
-            core=core["core"],
-            core_partial=core["core_partial"],
-            core_label="CORE" if core["core"] is not None else "core_partial",
-            core_tasks=core["per_task"],
-        )
-        record["eval_bundle"].update(max_per_task=max_per_task, evaluated_in="fresh process" if fresh else "run")
-        clock.events.write("core", plan.num_steps, core["core"] if core["core"] is not None else core["core_partial"])
+            share, floor = self.profile.budgets.get(self.current, (0.0, 0.0))
+            limit = 2 * floor if floor and not share else self.profile.hang_cap_s
+            where = {"build": "build_model, plan_training, build_optimizer or build_schedule",
+                     "load": "importing the submission"}.get(self.current, f"the {self.current} phase")  # fmt: skip
+        if quiet <= limit:
+            return None
+        return f"hung in {where}: no progress for {quiet:.0f} s (limit {limit:.0f} s); the worker was killed"
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+    def silent_exit(self, returncode: int) -> str:
+        how = f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with code {returncode}"
+        return (f"the worker {how} in the {self.current} phase at step {self.step} without reporting why: a "
+                f"submission must not end the process (sys.exit, os._exit) or crash the interpreter")
+
+    def record_overrides(self) -> None:
+        loaded = self.reports.get("loaded")
+        if loaded is not None and self.record["submission"] is not None:
+            self.record["submission"]["overrides"] = list(loaded["overrides"])
+
+    # -- what the worker reported, and what the referee makes of it --------------------------------------------
+
+    def record_training(self) -> None:
+        record, reports = self.record, self.reports
+        self.record_overrides()
+        plan = reports["plan"]
+        record["plan"] = {**plan["plan"], "grad_accum": plan["grad_accum"]}
+        record["run"] = {"seed": self.config.seed, "world_size": plan["run"]["world_size"],
+                         "dtype": plan["run"]["dtype"], "depth": plan["depth"],
+                         "device": plan["run"]["device"].split(":")[0]}  # fmt: skip
+        summary = reports["summary"]
+        record["training_time_s"] = summary["training_time_s"]
+        record["training_time_observed_s"] = round(self.phases["train"], 6)
+        record["worker_phases"] = {k: round(v, 6) for k, v in sorted(self.worker_phases.items())}
+        record["steps_completed"] = summary["steps_completed"]
+        record["data"]["stream_digest"] = summary["stream_digest"]
+        record["data"]["tokens_consumed"] = record["plan"]["total_batch_tokens"] * summary["steps_completed"]
+        record["imported"] = summary["imported"]
+        every = max(1, record["plan"]["num_steps"] // LOSS_CURVE_POINTS)
+        steps = sorted(self.losses)
+        record["loss_curve"] = [[s, round(self.losses[s], 6)] for s in steps if s % every == 0 or s == steps[-1]]
+        for step, loss in record["loss_curve"]:
+            self.events.write("train_loss", step, loss)
+        first = summary["steps_completed"] - len(self.step_seconds)
+        self.events.write("step_times", first, [round(s, 6) for s in self.step_seconds])  # as the worker timed them
+        self.events.write("step_times_observed", first, [round(s, 6) for s in self.step_observed])
+        metrics = record["metrics"]
+        metrics["final_loss"] = record["loss_curve"][-1][1] if record["loss_curve"] else None
+        metrics["step_time_median_s"] = statistics.median(self.step_seconds) if self.step_seconds else None
+        steps_timed = summary["train_steps"]
+        metrics["tokens_per_s"] = record["plan"]["total_batch_tokens"] * steps_timed / max(summary["training_time_s"],
+                                                                                           1e-9)  # fmt: skip
+        peak = profiles.peak_flops_of(record["fingerprint"])
+        if peak:
+            metrics["mfu"] = record["plan"]["flops_per_token"] * metrics["tokens_per_s"] / (peak * plan["run"]["world_size"])
+        metrics["peak_memory_gb"] = summary["peak_memory_gb"]
+        warmup = reports.get("warmup")
+        record["warmup"] = None if warmup is None else {"first_loss": warmup["first_loss"],
+                                                         "first_step_loss": self.losses.get(0),
+                                                         "state_digest": warmup["state_digest"]}  # fmt: skip
+
+    def clock_problems(self) -> list[str]:
+        """The worker's clock against the referee's, phase by phase."""
+        share, floor = CLOCK_TOLERANCE
+        reported = {**self.worker_phases, "train": self.reports["summary"]["training_time_s"]}
+        problems = []
+        for name, worker_s in sorted(reported.items()):
+            seen = self.phases.get(name, 0.0)
+            tolerance = max(share * seen, floor)
+            if abs(worker_s - seen) > tolerance:
+                problems.append(f"the worker reported {name} {worker_s:.1f} s but the referee observed {seen:.1f} s "
+                                f"(tolerance {tolerance:.1f} s): the worker's clock was tampered with")  # fmt: skip
+        return problems
+
+    def warmup_problems(self) -> list[str]:
+        """After the warm-up restore the first timed step sees the warm-up's first batch and state: same loss."""
+        warmup = self.record.get("warmup")
+        if not warmup or warmup["first_loss"] is None or warmup["first_step_loss"] is None:
+            return []
+        first, timed = warmup["first_loss"], warmup["first_step_loss"]
+        rtol = WARMUP_LOSS_RTOL[self.profile.device_type]
+        if first == timed or abs(first - timed) <= rtol * abs(first):
+            return []
+        return [f"the first timed step's loss {timed:.6f} differs from the first warm-up step's {first:.6f} on the same "
+                f"batch from the restored state: state outside state_dict() survived the warm-up restore"]
+
+    def budget_report(self) -> dict[str, dict]:
+        """Each bounded untimed phase's time on the referee's clock against its budget."""
+        training = self.phases.get("train", 0.0)
+        report = {}
+        for name, (share, floor) in self.profile.budgets.items():
+            report[name] = {"seconds": round(self.phases.get(name, 0.0), 3),
+                            "budget": round(max(share * training, floor), 3)}  # fmt: skip
+        self.record["budgets"] = report
+        return report
+
+    # -- the referee's evals -----------------------------------------------------------------------------------
+
+    def evaluate(self, program: Path, sha256: str, dataset, tokenizer, bundle, signals: Signals) -> dict:
+        """val_bpb and CORE of the exported program, in an isolated process running only the referee's code."""
+        config, profile, out = self.config, self.profile, self.config.out
+        result_path = out / "evals" / "result.json"
+        args = [str(program), "--sha256", sha256, "--tokenizer", str(out / "tokenizer.json"),
+                "--tokenizer-digest", tokenizer.digest, "--val-file", str(dataset.val_file),
+                "--val-tokens", str(profile.val_tokens), "--seq-len", str(profile.seq_len),
+                "--device", "cuda:0" if profile.device_type == "cuda" else "cpu", "--calibrate",
+                "--json", str(result_path)]  # fmt: skip
+        if bundle is not None:
+            args += ["--bundle", str(bundle.root), "--bundle-digest", bundle.digest]
+            args += ["--max-per-task", str(config.max_per_task)] if config.max_per_task else []
+        with tempfile.TemporaryDirectory(prefix="speedrun-pycache-") as pycache:
+            proc = subprocess.Popen(isolated_command(args, Path(pycache)), stderr=subprocess.PIPE, text=True)
+            signals.deferring = True
+            try:
+                while proc.poll() is None:
+                    if signals.received:
+                        proc.kill()
+                        proc.wait()
+                        raise RunInterrupted(f"received {signals.received[0]} during the final evals; the exported "
+                                             f"model is kept in {program.parent}")  # fmt: skip
+                    time.sleep(0.1)
+            finally:
+                signals.deferring = False
+            stderr = proc.stderr.read()
+            proc.stderr.close()
+        sys.stderr.write(stderr)
+        if proc.returncode != 0:
+            how = (f"was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+                   else f"failed with code {proc.returncode}")  # fmt: skip
+            raise RunFailed(f"the referee's eval process {how}: {stderr.strip()[-2000:] or 'no message'}. The "
+                            f"exported model is kept in {program.parent}")  # fmt: skip
+        return json.loads(result_path.read_text())
 
 
-def check_integrity(args, record, referee, dataset, bundle) -> None:
-    """After training, the referee's code, the data and the eval bundle must be what they were at the start.
-
-    A submission that monkeypatches the harness or edits the data or bundle on disk fails here, so its run
-    can never report a result computed by modified code or files.
-    """
-    problems = []
-    replaced = guard.referee_changes(referee)
-    if replaced:
-        problems.append(f"harness functions replaced at run time: {', '.join(replaced[:5])}")
-    if harness_digest() != record["harness"]["source_digest"]:
-        problems.append("harness or eval source files changed on disk during the run")
-    data_now = prepare_dataset(dataset.name, train_shards(args, dataset.name), data_dir=args.data_dir)
-    if data_now.digest != dataset.digest:
-        problems.append(f"dataset {dataset.name} shards changed during the run")
-    if bundle is not None and resolve_bundle(args.eval_bundle).digest != bundle.digest:
-        problems.append("the eval bundle changed during the run")
-    if problems:
-        raise TamperError("; ".join(problems) + ". The referee's code and files may not be modified by a submission.")
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
 
 
-class TamperError(Exception):
-    """The harness code, data or eval bundle changed during a run."""
-
-
-def core_in_fresh_process(out: Path, bundle, max_per_task: int, where: Where) -> dict:
-    """CORE of the saved final model, computed by `python -m evals.core` in a new process (rank 0 only)."""
-    args = ["--bundle", str(bundle.root), "--max-per-task", str(max_per_task)]
-    return in_fresh_process("evals.core", out, args, out / "core.json", where)
-
-
-def bpb_in_fresh_process(out: Path, val_file: Path, val_tokens: int, plan: Plan, where: Where) -> float:
-    """The final val_bpb of the saved model on the run's validation rows, by `python -m evals.bpb` (rank 0 only)."""
-    args = ["--val-file", str(val_file), "--val-tokens", str(val_tokens), "--seq-len", str(plan.seq_len)]
-    args += ["--device-batch", str(plan.device_batch)]
-    return in_fresh_process("evals.bpb", out, args, out / "val_bpb.json", where)["val_bpb"]
-
-
-def in_fresh_process(module: str, out: Path, args: list[str], result_path: Path, where: Where) -> dict:
-    """Run ``python -m module --checkpoint out/model ...`` outside torchrun's group; return its --json result.
-
-    Nothing the submission did to this process (monkeypatching, global state) can reach that one.
-    """
-    device = f"cuda:{where.local_rank}" if where.device.type == "cuda" else "cpu"
-    cmd = [sys.executable, "-m", module, "--checkpoint", str(out / checkpoint.MODEL_DIR), *args]
-    cmd += ["--device", device, "--json", str(result_path)]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"python -m {module} in a fresh process failed:\n{proc.stderr[-3000:]}")
-    print(proc.stdout, end="")
-    return json.loads(result_path.read_text())
-
-
-def train_shards(args, dataset_name: str) -> int | None:
+def train_shards(config: Config, dataset_name: str) -> int | None:
     """How many training shards the run needs locally: all of the small smoke corpus, else --train-shards."""
-    return None if dataset_name == "smoke" else args.train_shards
+    return None if dataset_name == "smoke" else config.train_shards
 
 
-def combined_stream_digest(local: str, world_size: int) -> str:
-    """One proof of data for all ranks: sha256 over the ranks' running digests, in rank order."""
-    if world_size == 1:
-        return local
-    digests = [None] * world_size
-    torch_dist.all_gather_object(digests, local)
-    return hashlib.sha256("".join(digests).encode()).hexdigest()
+def monitor_rows(val_file: Path, tokenizer, profile: profiles.Profile) -> torch.Tensor | None:
+    """The held-out rows of the in-training val_bpb: the validation shard's rows after the final val_bpb's rows,
+    so training on them cannot improve the reported val_bpb. None when the shard has no rows to spare."""
+    first = profile.val_tokens // profile.seq_len
+    wanted = (profile.val_tokens + profile.monitor_tokens) // profile.seq_len
+    rows = validation_rows(val_file, tokenizer, wanted * profile.seq_len, profile.seq_len, exact=False)
+    return rows[first:] if len(rows) > first else None
 
 
-def training_state(model, optimizer, loaders: list, record: dict, clock: Clock) -> dict:
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "loader": loaders,
-        "training_time_s": clock.training_time_s,
-        "train_steps": clock.train_steps,
-        "loss_curve": record["loss_curve"],
-        "evals": record["evals"],
-        "rng": torch.get_rng_state(),
-    }
-
-
-def save_checkpoint(clock, out, step, model, optimizer, loader, record, world_size, master) -> Path | None:
-    """A resumable checkpoint with every rank's loader position (every rank calls this); the two newest are kept.
-
-    Returns its path on rank 0.
-    """
-    clock.flush_train(step)
-    with clock.phase("checkpoint", step=step):
-        loaders = [None] * world_size
-        if world_size > 1:
-            torch_dist.all_gather_object(loaders, loader.state_dict())
-        else:
-            loaders = [loader.state_dict()]
-        if master:
-            state = training_state(model, optimizer, loaders, record, clock)
-            return checkpoint.save_training_state(out, step, state, keep=2)
-    return None
-
-
-def checkpoint_on_interrupt(state: dict, clock: Clock, master: bool, agreed: bool) -> str | None:
-    """On SIGINT/SIGTERM, save where training stopped. With several ranks only an ``agreed`` stop (every rank at
-    the same step boundary) saves one; otherwise the last periodic checkpoint stands, since a collective cannot
-    be trusted while ranks stop at different points."""
-    if "optimizer" not in state or state["step"] == 0 or (state["world_size"] > 1 and not agreed):
-        return None
-    path = save_checkpoint(clock, state["out"], state["step"], state["model"], state["optimizer"], state["loader"],
-                           state["record"], state["world_size"], master)  # fmt: skip
-    return str(path) if path is not None else None
-
-
-def resume(out: Path, rank: int, model, optimizer, loader, record: dict, clock: Clock) -> int:
-    found = checkpoint.latest_training_state(out)
-    if found is None:
-        raise FileNotFoundError(
-            f"--resume: no intact checkpoint under {out / checkpoint.CHECKPOINTS_DIR}; start a new run instead"
-        )
-    step, saved = found
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if len(saved["loader"]) <= rank:
-        ranks = len(saved["loader"])
-        raise ValueError(f"the checkpoint at step {step} was written by {ranks} ranks; resume with as many")
-    loader.load_state_dict(saved["loader"][rank])
-    torch.set_rng_state(saved["rng"])
-    clock.phases["train"] = saved["training_time_s"]
-    clock.train_steps = saved["train_steps"]
-    record["loss_curve"] = list(saved["loss_curve"])
-    record["evals"] = list(saved["evals"])
-    clock.events.write("resumed", step, None)
-    return step
-
-
-def checkpoint_bytes(model: torch.nn.Module) -> int:
-    """About what one checkpoint takes: the weights and two optimizer moments, plus room for the record."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return 3 * weights + (64 << 20)
-
-
-def error_of(exc: BaseException) -> dict:
-    message = str(exc) if isinstance(exc, SubmissionError | RunDiverged) else f"{type(exc).__name__}: {exc}"
-    return {"message": message or type(exc).__name__, "traceback": traceback.format_exc()}
-
-
-def describe(submission: Submission) -> dict:
-    return {
-        "name": submission.name,
-        "path": str(submission.path),
-        "source_digest": submission.source_digest,
-        "overrides": submission.overrides,
-        "files": submission.files,
-        "sources": submission.sources(),
-    }
-
-
-def describe_unloadable(spec: str) -> dict | None:
-    """What can be said of a submission that failed to load: its folder's files, when it is a folder."""
-    folder = (Path(spec).parent if Path(spec).suffix == ".py" else Path(spec)).resolve()
-    if not folder.is_dir():
-        return None
-    files = submission_files(folder)
-    return {
-        "name": folder.name,
-        "path": str(folder),
-        "source_digest": source_digest(files),
-        "overrides": [],
-        "files": files,
-        "sources": read_sources(folder, files),
-    }
-
-
-def eligibility(args, profile, record, bundle, dataset) -> dict:
+def eligibility(config: Config, record: dict, bundle, dataset, budgets: dict, left_behind: list[int]) -> dict:
     """Why this run could not set a record; empty reasons mean eligible."""
+    profile = config.profile
     reasons = []
     if not profile.record_eligible:
         reasons.append(f"profile {profile.name!r} is not the record profile (8xh100)")
     reasons += profiles.calibration_shortfalls(profile, record["calibration"]) if profile.record_eligible else []
-    if args.resume:
+    if config.resume:
         reasons.append("resumed from a checkpoint")
-    if args.max_steps:
-        reasons.append(f"--max-steps {args.max_steps} caps the planned training")
-    if args.no_core or bundle is None:
+    if config.max_steps and config.max_steps != profile.max_steps:
+        reasons.append(f"--max-steps {config.max_steps} caps the planned training")
+    if not config.core or bundle is None:
         reasons.append("CORE not evaluated (--no-core)")
     elif bundle.missing_labels:
         reasons.append(f"eval bundle is partial (missing {', '.join(bundle.missing_labels)})")
-    if args.max_per_task not in (None, -1) or (args.max_per_task is None and profile.core_max_per_task != -1):
+    if config.max_per_task is not None:
         reasons.append("CORE evaluated on a per-task cap, not on every record")
     if not dataset.pinned:
         reasons.append(f"dataset {dataset.name!r} has shards without committed digests (python -m harness.data pin)")
     if record["harness"]["dirty"]:
         reasons.append("the harness has uncommitted changes")
+    for name, used in budgets.items():
+        if used["seconds"] > used["budget"]:
+            reasons.append(f"untimed phase {name} took {used['seconds']:.1f} s, over its budget of "
+                           f"{used['budget']:.1f} s")  # fmt: skip
+    if left_behind:
+        reasons.append(f"the worker left {len(left_behind)} processes running after it exited (ended by the referee)")
     return {"eligible": not reasons, "reasons": reasons}
 
 

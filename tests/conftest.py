@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def eval_bundle_dir() -> Path:
+def eval_bundle_dir(tmp_path_factory) -> Path:
+    """A private copy of the bundle (13 MB): the referee notices any process opening a run's bundle files while
+    its worker lives, so runs must not share the files with other test sessions on the machine."""
     if not (BUNDLE / "core.yaml").is_file():
         pytest.skip(f"no CORE eval bundle at {BUNDLE}; set SPEEDRUN_EVAL_BUNDLE to a bundle folder")
-    return BUNDLE
+    copy = tmp_path_factory.mktemp("bundle") / "eval_bundle"
+    shutil.copytree(BUNDLE, copy)
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,8 @@ def attention_masks(length: int, windows: list[int], device: torch.device, use_f
     """One mask object per layer: a FlexAttention BlockMask, or for SDPA a boolean mask (None = plain causal)."""
     if use_flex:
         return [flex_block_mask(length, min(w, length), str(device)) for w in windows]
+    if torch.compiler.is_compiling():  # traced with a symbolic length (torch.export): no cache, no branch on it
+        return [window_mask(length, w, device) for w in windows]
     return [_sdpa_mask(length, w, str(device)) for w in windows]
 
 
@@ -260,6 +262,8 @@ class GPT(nn.Module):
     # -- forward ----------------------------------------------------------------------------------------
 
     def _rotary(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # traced (torch.export): tables in the graph, for any length, uncached
+            return rotary_tables(length, self.dims.head_dim, device)
         cached = getattr(self, "_rotary_cache", None)
         if cached is None or cached[0].size(0) < length or cached[0].device != device:
             longest = max(length, MAX_LENGTH_FACTOR * self.seq_len)

@@ -1,0 +1,115 @@
+"""The referee's evals: val_bpb and CORE of a run's exported model, in a process that runs no submission code.
+
+    python -m harness.evaluate RUN_DIR --val-file VAL.parquet --bundle DIR --json OUT.json   # by hand, any time
+
+The referee (harness/run.py) starts this module itself after the worker has exited, through ``isolated_command``:
+Python in isolated mode without site hooks (``-I -S``: no PYTHON* variables, no .pth files, no sitecustomize) and
+with a fresh bytecode cache (``-X pycache_prefix``), so neither the environment nor a file the worker dropped
+can change what runs here. It loads the exported program (harness/export.py: ATen operators only, plain tensors
+only) and the harness's own eval code, calibrates the device, and writes one JSON result.
+
+val_bpb is computed on the profile's fixed validation rows (the first ``--val-tokens`` of the validation shard,
+packed at ``--seq-len``), which the worker never saw; CORE follows evals/core.py on every task file of the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import sysconfig
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def isolated_command(args: list[str], pycache: Path) -> list[str]:
+    """``python -m harness.evaluate ARGS`` isolated from the environment, site hooks and existing bytecode."""
+    paths = [str(REPO_ROOT), *dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))]
+    boot = f"import sys; sys.path[:0] = {paths!r}; from harness.evaluate import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-I", "-S", "-X", f"pycache_prefix={pycache}", "-c", boot, *args]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m harness.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("model", type=Path, help="run directory, its model/ folder, or the model.pt2 program")
+    p.add_argument("--sha256", help="the program's digest as the referee recorded it (default: trust the file)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the run directory's)")
+    p.add_argument("--tokenizer-digest", help="refuse a tokenizer with another digest")
+    p.add_argument("--val-file", type=Path, help="validation shard: compute val_bpb on it")
+    p.add_argument("--val-tokens", type=int, default=16 * 1024, help="validation tokens (the profile's budget)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per validation row (the profile's seq_len)")
+    p.add_argument("--bundle", type=Path, help="CORE eval bundle folder: compute CORE on it")
+    p.add_argument("--bundle-digest", help="refuse a bundle with another digest")
+    p.add_argument("--max-per-task", type=int, default=None, help="CORE records per task (default: every record)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    p.add_argument("--calibrate", action="store_true", help="measure matmul and memory throughput first")
+    p.add_argument("--dump", type=Path, help="write CORE's per-record results to this .jsonl")
+    p.add_argument("--json", type=Path, help="write the result here")
+    args = p.parse_args(argv)
+    for name in ("val_tokens", "seq_len", "max_per_task"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} {value}: pass a positive number")
+    if args.val_file is not None and not args.val_file.is_file():
+        p.error(f"--val-file {args.val_file}: no such file; pass the dataset's validation shard")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from evals.bpb import evaluate_bpb
+    from evals.bundle import BundleError, load_bundle
+    from evals.core import DEFAULT_BATCH_TOKENS, evaluate_core
+    from harness.checkpoint import MODEL_DIR, PROGRAM_FILE
+    from harness.export import ExportError, load_program
+    from harness.fileio import atomic_write_json, atomic_write_text, sha256_file
+    from harness.loader import validation_rows
+    from harness.profiles import calibrate
+    from harness.tokenizer import Tokenizer
+
+    device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    program_path = args.model
+    if (program_path / MODEL_DIR).is_dir():
+        program_path = program_path / MODEL_DIR
+    if program_path.is_dir():
+        program_path = program_path / PROGRAM_FILE
+    tokenizer_path = args.tokenizer or program_path.parent.parent / "tokenizer.json"
+    result: dict = {}
+    try:
+        if args.calibrate:
+            result["calibration"] = calibrate(torch.device(device))
+        tokenizer = Tokenizer.load(tokenizer_path)
+        if args.tokenizer_digest and tokenizer.digest != args.tokenizer_digest:
+            raise ExportError(f"{tokenizer_path} is not the run's tokenizer (its digest changed)")
+        program = load_program(program_path, args.sha256 or sha256_file(program_path), device)
+        result["program"] = {"min_len": program.min_len, "max_len": program.max_len}
+        with torch.no_grad():
+            if args.val_file is not None:
+                rows = validation_rows(args.val_file, tokenizer, args.val_tokens, args.seq_len)
+                batch = max(1, DEFAULT_BATCH_TOKENS[torch.device(device).type] // args.seq_len)
+                result["val_bpb"] = evaluate_bpb(program, rows, tokenizer.token_bytes(), batch, device)
+                print(f"val_bpb {result['val_bpb']:.6f} ({rows.shape[0]} rows of {args.seq_len} tokens)", flush=True)
+            if args.bundle is not None:
+                bundle = load_bundle(args.bundle)
+                if args.bundle_digest and bundle.digest != args.bundle_digest:
+                    raise BundleError(f"the eval bundle at {args.bundle} changed since the run started")
+                dump: list | None = [] if args.dump else None
+                core = evaluate_core(program, tokenizer, bundle, args.max_per_task or -1, device,
+                                     progress=sys.stderr.isatty(), dump=dump)  # fmt: skip
+                print(core.table(), flush=True)
+                result["core"] = core.to_dict()
+                if args.dump:
+                    atomic_write_text(args.dump, "".join(json.dumps(row) + "\n" for row in dump))
+    except (ExportError, BundleError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        atomic_write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

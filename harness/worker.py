@@ -1,0 +1,495 @@
+"""The training worker: the one process (per rank) that runs submission code, under the harness's clock.
+
+    python -m harness.worker --device-type cpu --config RUN_DIR/inputs/worker.json           # started by harness.run
+    python -m harness.worker --device-type cpu --config RUN_DIR/inputs/worker.json --probe   # select_dataset only
+
+``python -m harness.run`` (the referee) prepares the data, writes the worker's inputs and starts it; it is never
+meant to be started by hand. The worker loads the submission, builds, warms up, trains, and exports the final
+model as a torch.export program; rank 0 reports every phase, step and result to the referee over the channel
+(harness/channel.py), and the referee, in its own process, times what it sees, evaluates the exported program
+and writes the record. Nothing the worker reports is trusted beyond what the referee can check: see
+docs/rules.md. Under torchrun every rank runs this program; ranks agree through torch.distributed.
+
+main() reads top to bottom: distributed setup, inputs, submission, model and plan, warm-up, training, export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel
+
+from evals.bpb import evaluate_bpb
+from harness import checkpoint
+from harness.channel import Link
+from harness.clock import Clock
+from harness.export import ExportError, export_model
+from harness.fileio import sha256_file
+from harness.guard import RunInterrupted, StopSignal, call_hook, hook_file
+from harness.hookspecs import Plan, Run
+from harness.loader import TrainLoader
+from harness.plugins import Submission, SubmissionError, load_submission
+from harness.tokenizer import Tokenizer
+
+SETUP_TIMEOUT = timedelta(minutes=60)  # rank 0's referee may train a tokenizer while the other ranks wait
+
+
+class RunDiverged(Exception):
+    def __init__(self, step: int, loss: float, last_finite: float | None):
+        super().__init__(f"loss became {loss} at step {step} (last finite loss: {last_finite})")
+        self.step, self.loss, self.last_finite = step, loss, last_finite
+
+
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """This process's place in the run: rank, ranks, device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__.split("\n")[0])
+    p.add_argument("--device-type", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--config", type=Path, help="the inputs the referee wrote (rank 0; other ranks receive them)")
+    p.add_argument("--probe", action="store_true", help="load the submission, answer select_dataset, exit")
+    p.add_argument("--observe", type=Path, help="load the submission, show it this record (run_finished), exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    # ---- distributed setup: torchrun's RANK/LOCAL_RANK/WORLD_SIZE; NCCL on GPUs, gloo on CPU
+    place = init_distributed(args.device_type)
+    link = Link.from_env() if place.master else Link(None)
+    link.send("hello", pid=os.getpid(), world_size=place.world_size)
+    clock = Clock(place.device, link.send)
+    stop = StopSignal().install()
+
+    # ---- inputs: rank 0 reads what the referee wrote and hands it to every rank
+    config = broadcast(json.loads(args.config.read_text()) if place.master else None, place.world_size)
+    out = Path(config["out"])
+
+    submission = model = optimizer = loader = None
+    step = 0
+    try:
+        with clock.phase("load"):
+            submission = load_submission(config["submission"])  # a contract error stops here, before any work
+        link.send("loaded", overrides=submission.overrides, imported=imported_repo_files())
+        run = make_run(config, place)
+        if args.probe:
+            link.send("dataset", selected=call_hook(submission, "select_dataset", run=run))
+            link.send("done")
+            return 0
+        if args.observe:  # a copy of the record: the referee writes the real one after this process has ended
+            with clock.phase("observe"):
+                call_hook(submission, "run_finished", record=json.loads(args.observe.read_text()), run=run)
+            link.send("done")
+            return 0
+
+        # ---- model, plan, optimizer, schedule: the submission's hooks, checked before any training
+        tokenizer = load_tokenizer(config)
+        with clock.phase("build"):
+            torch.manual_seed(run.seed)
+            model = call_hook(submission, "build_model", expect=torch.nn.Module, run=run)
+            plan = call_hook(submission, "plan_training", expect=Plan, model=model, run=run)
+            optimizer = call_hook(
+                submission, "build_optimizer", expect=torch.optim.Optimizer, model=model, plan=plan, run=run
+            )
+            schedule = call_hook(submission, "build_schedule", optimizer=optimizer, plan=plan, run=run)
+            accum = check_outputs(submission, model, plan, optimizer, schedule, run)
+            if place.master:  # exportable now, not after an hour of training (a copy: tracing may touch state)
+                check_exportable(submission, copy.deepcopy(model), run)
+            loader = TrainLoader(
+                [Path(f) for f in config["train_files"]],
+                tokenizer,
+                plan.device_batch,
+                plan.seq_len,
+                rank=place.rank,
+                world_size=place.world_size,
+                device=str(place.device),
+                seed=run.seed,
+            )
+            monitor = load_monitor_rows(config)
+            token_bytes = tokenizer.token_bytes().to(place.device)
+            trained = DistributedDataParallel(model) if place.world_size > 1 else model
+        depth = getattr(getattr(model, "dims", None), "depth", run.depth)
+        link.send("plan", plan=dataclasses.asdict(plan), grad_accum=accum, run=dataclasses.asdict(run), depth=depth)
+
+        def one_step(step: int) -> tuple[torch.Tensor, dict]:
+            batches = (next(loader) for _ in range(accum))
+            loss = call_hook(submission, "train_step", model=trained, batches=batches, plan=plan, run=run)
+            settings = schedule(step)
+            optimizer.step()
+            model.zero_grad(set_to_none=True)
+            return loss, settings
+
+        def evaluate_monitor(at_step: int) -> None:
+            if monitor is None:
+                return
+            with clock.phase("eval_bpb", step=at_step):
+                model.eval()
+                bpb = evaluate_bpb(model, monitor, token_bytes, plan.device_batch, str(place.device))
+                model.train()
+            link.send("eval", step=at_step, val_bpb=bpb)
+            submission.hook.log_metrics(step=at_step - 1, metrics={"val_bpb": bpb}, run=run)
+
+        # ---- untimed warm-up on real batches (compilation, allocator), then the initial state restored exactly;
+        # a resumed run instead restores its last checkpoint (and is never record-eligible)
+        if config["resume"]:
+            step = resume(out, place.rank, model, optimizer, loader, clock, link)
+        else:
+            with clock.phase("warmup", steps=config["warmup_steps"]):
+                initial = {
+                    "model": to_cpu(model.state_dict()),
+                    "optimizer": to_cpu(optimizer.state_dict()),
+                    "loader": loader.state_dict(),
+                    "rng": torch.get_rng_state(),
+                }
+                before = state_digest([initial["model"], initial["optimizer"]])
+                first_loss = None
+                for warm in range(min(config["warmup_steps"], plan.num_steps)):
+                    loss, _ = one_step(warm)
+                    first_loss = mean_over_ranks(loss.item(), place) if warm == 0 else first_loss
+                model.load_state_dict(initial["model"])
+                optimizer.load_state_dict(initial["optimizer"])
+                loader.load_state_dict(initial["loader"])
+                torch.set_rng_state(initial["rng"])
+                if state_digest([model.state_dict(), optimizer.state_dict()]) != before:
+                    raise RuntimeError(
+                        "the model or optimizer state after warm-up differs from the initial state; "
+                        "an optimizer keeps state outside state_dict(), which the contract forbids"
+                    )
+            link.send("warmup", first_loss=first_loss, state_digest=before)
+
+        # ---- timed training: only the steps count (harness/clock.py); a non-finite loss stops every rank at once.
+        # A stop signal takes effect at the next step boundary, the same one on every rank.
+        last_finite = None
+        link.send("loop_start", step=step, num_steps=plan.num_steps)
+        with stop.deferred():
+            while step < plan.num_steps:
+                with clock.timed_step(step):
+                    loss, settings = one_step(step)
+                    loss_value = loss.item()
+                with clock.untimed("log"):
+                    mean_loss = mean_over_ranks(loss_value, place)  # non-finite if any rank's is
+                    if not math.isfinite(mean_loss):
+                        raise RunDiverged(step, mean_loss, last_finite)
+                    last_finite = mean_loss
+                    step += 1
+                    metrics = {"loss": mean_loss, **settings}
+                    link.send("metrics", step=step - 1, **metrics)
+                    submission.hook.log_metrics(step=step - 1, metrics=metrics, run=run)
+                if config["eval_every"] and step % config["eval_every"] == 0 and step < plan.num_steps:
+                    evaluate_monitor(step)
+                if config["checkpoint_every"] and step % config["checkpoint_every"] == 0 and step < plan.num_steps:
+                    save_checkpoint(clock, out, step, model, optimizer, loader, place, link)
+                with clock.untimed("log"):
+                    stop.raise_if_stopping(lambda flag: max_over_ranks(float(flag), place) > 0)
+        link.send("loop_stop", step=step)
+
+        # ---- what training did, agreed over ranks: the slowest rank's time counts; one proof of data for all
+        summary = {
+            "training_time_s": max_over_ranks(clock.training_time_s, place),
+            "train_steps": clock.train_steps,
+            "steps_completed": step,
+            "stream_digest": combined_stream_digest(loader.stream_digest, place),
+            "peak_memory_gb": torch.cuda.max_memory_allocated(place.device) / 1e9 if place.device.type == "cuda" else None,
+        }
+        evaluate_monitor(plan.num_steps)
+
+        # ---- the final model as a program the referee evaluates without any submission code
+        with clock.phase("export"):
+            if place.master:
+                model.eval()
+                path = export_program(submission, model, run, out / checkpoint.MODEL_DIR)
+                link.send("exported", path=str(path), sha256=sha256_file(path))
+        link.send("summary", **summary, phases=dict(clock.phases), imported=imported_repo_files())
+        link.send("done")
+        return 0
+    except RunDiverged as exc:
+        link.send("error", status="diverged", message=str(exc), traceback=traceback.format_exc(), step=exc.step,
+                  last_finite_loss=exc.last_finite)  # fmt: skip
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        saved = None
+        if optimizer is not None and step > 0 and (place.world_size == 1 or getattr(exc, "agreed", False)):
+            # With several ranks only an agreed stop (every rank at the same boundary) can save one checkpoint.
+            saved = save_checkpoint(clock, out, step, model, optimizer, loader, place, link)
+        link.send("error", status="interrupted", message=f"{type(exc).__name__}: {exc}", traceback="",
+                  checkpoint=str(saved) if saved else None, step=step)  # fmt: skip
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from a hook too: every ending is reported
+        message = str(exc) if isinstance(exc, SubmissionError) else f"{type(exc).__name__}: {exc}"
+        link.send("error", status="failed", message=message or type(exc).__name__, traceback=traceback.format_exc(),
+                  step=step)  # fmt: skip
+    finally:
+        stop.uninstall()
+        link.send("phases", phases=dict(clock.phases))
+        link.close()
+        if place.world_size > 1 and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+    return 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup
+
+
+def init_distributed(device_type: str) -> Place:
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if device_type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # the reference allows TF32 for fp32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+        # Share the cores between the ranks on this node instead of oversubscribing them. An explicit
+        # OMP_NUM_THREADS wins: on a shared machine one thread avoids OpenMP's spin-wait contention (measured on
+        # 2 busy cores, 5 steps at d2: 5-7 s on 1 thread, 14-36 s on 2).
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // local_world)
+        torch.set_num_threads(threads)
+    if world_size > 1 and not torch_dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        torch_dist.init_process_group(backend, timeout=SETUP_TIMEOUT, **kwargs)
+    return Place(rank, local_rank, world_size, device)
+
+
+def compute_dtype(device: torch.device) -> str:
+    """bf16 on GPUs that support it, fp32 on CPU; SPEEDRUN_DTYPE overrides (checked by the referee)."""
+    override = os.environ.get("SPEEDRUN_DTYPE")
+    if override:
+        return override
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def make_run(config: dict, place: Place) -> Run:
+    return Run(
+        **config["run"],
+        device=str(place.device),
+        dtype=compute_dtype(place.device),
+        rank=place.rank,
+        local_rank=place.local_rank,
+        world_size=place.world_size,
+    )
+
+
+def load_tokenizer(config: dict) -> Tokenizer:
+    tokenizer = Tokenizer.load(config["tokenizer"])
+    if tokenizer.digest != config["tokenizer_digest"]:
+        raise RuntimeError(f"{config['tokenizer']} is not the tokenizer the referee prepared; it changed on disk")
+    return tokenizer
+
+
+def load_monitor_rows(config: dict) -> torch.Tensor | None:
+    """The held-out rows of the in-training val_bpb (disjoint from the final validation rows, which the worker
+    never sees)."""
+    path = config.get("monitor_rows")
+    return None if path is None else torch.load(path, weights_only=True)
+
+
+def broadcast(value, world_size: int):
+    if world_size == 1:
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def max_over_ranks(value: float, place: Place) -> float:
+    if place.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=place.device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return t.item()
+
+
+def mean_over_ranks(value: float, place: Place) -> float:
+    if place.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=place.device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+    return t.item() / place.world_size
+
+
+def combined_stream_digest(local: str, place: Place) -> str:
+    """One proof of data for all ranks: sha256 over the ranks' running digests, in rank order."""
+    if place.world_size == 1:
+        return local
+    digests = [None] * place.world_size
+    torch_dist.all_gather_object(digests, local)
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def imported_repo_files() -> list[str]:
+    """The repository's Python files this process imported, relative to the repository root."""
+    root = Path(__file__).resolve().parents[1]
+    found = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and Path(path).resolve().is_relative_to(root):
+            found.add(Path(path).resolve().relative_to(root).as_posix())
+    return sorted(found)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks on what the submission's hooks returned: fail early, naming the hook and the fix
+
+
+def check_outputs(submission: Submission, model, plan, optimizer, schedule, run: Run) -> int:
+    """Check what the hooks returned, naming the file that answered; return the gradient accumulation steps."""
+
+    def fail(hook: str, problem: str):
+        raise SubmissionError(f"{hook_file(submission, hook)}: {hook} {problem}")
+
+    if plan.num_steps < 1 or plan.device_batch < 1 or plan.seq_len < 2:
+        fail("plan_training", f"returned an empty plan: {plan}")
+    try:
+        accum = plan.grad_accum_steps(run.world_size)
+    except ValueError as exc:
+        fail("plan_training", f"planned a batch that does not divide: {exc}")
+    if run.max_steps and plan.num_steps > run.max_steps:
+        fail("plan_training", f"planned {plan.num_steps} steps over the cap run.max_steps={run.max_steps}")
+    in_groups = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_groups]
+    if missing:
+        fail(
+            "build_optimizer",
+            f"left {len(missing)} parameters out of every group (first: {', '.join(missing[:3])}); "
+            f"add them to a parameter group",
+        )
+    if not callable(schedule):
+        fail("build_schedule", f"returned {type(schedule).__name__}, not a callable schedule(step) -> dict")
+    return accum
+
+
+def check_exportable(submission: Submission, model: torch.nn.Module, run: Run) -> None:
+    """The model must export (torch.export) for the evals; a model that cannot fails here, before training."""
+    try:
+        export_model(model, None, min(run.seq_len, 64), run.vocab_size, run.device)
+    except ExportError as exc:
+        raise SubmissionError(f"{hook_file(submission, 'build_model')}: build_model returned a model that "
+                              f"cannot be evaluated: {exc}") from None  # fmt: skip
+
+
+def export_program(submission: Submission, model: torch.nn.Module, run: Run, folder: Path) -> Path:
+    try:
+        return checkpoint.save_program(folder, lambda path: export_model(model, path, run.seq_len, run.vocab_size,
+                                                                         run.device))  # fmt: skip
+    except ExportError as exc:
+        raise SubmissionError(f"{hook_file(submission, 'build_model')}: the trained model cannot be exported for "
+                              f"the evals: {exc}") from None  # fmt: skip
+
+
+def state_digest(obj) -> str:
+    """A digest of nested state (tensors by dtype, shape and bytes): equal digests mean identical state."""
+    digest = hashlib.sha256()
+
+    def visit(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                digest.update(f"K{k!s}".encode())
+                visit(x[k])
+        elif isinstance(x, list | tuple):
+            digest.update(f"L{len(x)}".encode())
+            for item in x:
+                visit(item)
+        else:
+            digest.update(f"V{x!r}".encode())
+
+    visit(obj)
+    return digest.hexdigest()
+
+
+def to_cpu(state):
+    """A deep copy of nested state with every tensor on the CPU (the warm-up's initial state must not hold a
+    second copy of the model in GPU memory)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(to_cpu(v) for v in state)
+    return copy.deepcopy(state)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints and resume
+
+
+def save_checkpoint(clock, out, step, model, optimizer, loader, place: Place, link: Link) -> Path | None:
+    """A resumable checkpoint with every rank's loader position (every rank calls this); the two newest are kept.
+
+    Returns its path on rank 0.
+    """
+    with clock.phase("checkpoint", step=step):
+        loaders = [None] * place.world_size
+        if place.world_size > 1:
+            torch_dist.all_gather_object(loaders, loader.state_dict())
+        else:
+            loaders = [loader.state_dict()]
+        if not place.master:
+            return None
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "loader": loaders,
+            "training_time_s": clock.training_time_s,
+            "train_steps": clock.train_steps,
+            "rng": torch.get_rng_state(),
+        }
+        path = checkpoint.save_training_state(out, step, state, keep=2)
+    link.send("checkpoint", step=step, path=str(path))
+    return path
+
+
+def resume(out: Path, rank: int, model, optimizer, loader, clock: Clock, link: Link) -> int:
+    found = checkpoint.latest_training_state(out)
+    if found is None:
+        raise FileNotFoundError(
+            f"--resume: no intact checkpoint under {out / checkpoint.CHECKPOINTS_DIR}; start a new run instead"
+        )
+    step, saved = found
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if len(saved["loader"]) <= rank:
+        ranks = len(saved["loader"])
+        raise ValueError(f"the checkpoint at step {step} was written by {ranks} ranks; resume with as many")
+    loader.load_state_dict(saved["loader"][rank])
+    torch.set_rng_state(saved["rng"])
+    clock.phases["train"] = saved["training_time_s"]
+    clock.train_steps = saved["train_steps"]
+    link.send("resumed", step=step, training_time_s=saved["training_time_s"])
+    return step
+
+
+if __name__ == "__main__":
+    sys.exit(main())
