@@ -62,7 +62,7 @@ class HfSource:
             for key in ("config", "split", "column", "docs", "bytes", "val_docs", "val_bytes")
             if (value := getattr(self, key)) is not None and value != DEFAULTS.get(key)
         ]
-        query = "&".join(f"{key}={value}" for key, value in options)
+        query = "&".join(f"{key}={_format_size(value) if isinstance(value, int) else value}" for key, value in options)
         revision = f"@{self.revision}" if self.revision else ""
         return f"{PREFIX}{self.repo_id}{revision}" + (f"?{query}" if query else "")
 
@@ -78,6 +78,12 @@ def _size(key: str, text: str) -> int:
     if not match or int(match.group(1)) < 1:
         raise ValueError(f"{key}={text!r}: expected a positive whole number, optionally with k, M or G (like 200M)")
     return int(match.group(1)) * SIZE_UNITS[match.group(2)]
+
+
+def _format_size(n: int) -> str:
+    """1000000 -> '1M', 1500 -> '1500': the largest unit that divides it exactly."""
+    unit = max((u for u, factor in SIZE_UNITS.items() if n % factor == 0), key=SIZE_UNITS.get)
+    return f"{n // SIZE_UNITS[unit]}{unit}"
 
 
 def parse_hf_name(text: str) -> HfSource:
