@@ -9,6 +9,7 @@ real parquet shards of the smoke corpus, which is built once per session from th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers_data import smoke_dataset
@@ -141,6 +143,20 @@ def test_a_smoke_shard_one_document_short_is_refused_naming_the_shard(smoke, tmp
         prepare_dataset("smoke", data_dir=tmp_path)
 
 
+def damage(path: Path) -> bytes:
+    """Flip one byte of a parquet shard so that reading it fails (pyarrow raises ArrowInvalid or a zstd error, as
+    users saw it crash the run); returns the damaged bytes."""
+    data = path.read_bytes()
+    for position in range(1001, len(data), 997):
+        damaged = data[:position] + bytes([data[position] ^ 0xFF]) + data[position + 1 :]
+        try:
+            pq.read_table(pa.BufferReader(damaged))
+        except (pa.ArrowException, OSError):
+            path.write_bytes(damaged)
+            return damaged
+    raise AssertionError(f"no single flipped byte makes {path} unreadable")
+
+
 @pytest.mark.parametrize("other_pyarrow", [False, True], ids=["same pyarrow", "another pyarrow"])
 def test_a_corrupt_byte_in_a_smoke_shard_is_refused_naming_the_file_and_the_fix(
     smoke, tmp_path, monkeypatch, other_pyarrow
@@ -148,10 +164,7 @@ def test_a_corrupt_byte_in_a_smoke_shard_is_refused_naming_the_file_and_the_fix(
     if other_pyarrow:  # the texts are checked then, by reading the file: a damaged one must not crash the reader
         with_manifest(CATALOG["smoke"], monkeypatch, built_with={"pyarrow": "0.0"})
     shutil.copytree(smoke.val_file.parent, tmp_path / "smoke")
-    victim = tmp_path / "smoke" / "shard_00005.parquet"
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 3] ^= 0xFF
-    victim.write_bytes(bytes(data))
+    damage(tmp_path / "smoke" / "shard_00005.parquet")
     with pytest.raises(DigestMismatchError) as info:
         prepare_dataset("smoke", data_dir=tmp_path)
     message = str(info.value)
@@ -159,37 +172,58 @@ def test_a_corrupt_byte_in_a_smoke_shard_is_refused_naming_the_file_and_the_fix(
     assert f"Delete {tmp_path / 'smoke'} and run again to rebuild it" in message
 
 
-def run_on_read_only(folder: Path, code: str) -> subprocess.CompletedProcess:
-    """``python -c code`` with ``folder`` mounted read-only (a private mount namespace), or, where that is not
-    possible, with its write permissions removed (which binds a user that is not root)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-c", code]
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """Yields ``wrap(cmd)``: the command, run so that it sees ``folder`` read-only: a read-only bind mount in a
+    private mount namespace, or, where that is not possible, ``folder`` without write permissions (which binds a
+    user that is not root)."""
     if shutil.which("unshare") and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0:
-        cmd = ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(folder), *cmd]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True)
+        yield lambda cmd: ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(folder), *cmd]
+        return
     if os.geteuid() == 0:
         pytest.skip("needs a read-only mount (unshare) or a user other than root")
     modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
     try:
-        for p in modes:
-            p.chmod(modes[p] & ~0o222)
-        return subprocess.run(cmd, env=env, capture_output=True, text=True)
+        for p, mode in modes.items():
+            p.chmod(mode & ~0o222)
+        yield lambda cmd: cmd
     finally:
         for p, mode in modes.items():
             p.chmod(mode)
 
 
-def test_a_read_only_data_dir_holding_verified_smoke_data_just_works(smoke, tmp_path):
+def harness_run(args: list[str], cache: Path, wrap=lambda cmd: cmd) -> subprocess.CompletedProcess:
+    """A short CPU run of the climbmix submission (which trains on smoke there), without CORE."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEEDRUN_")}
+    env.update(SPEEDRUN_CACHE=str(cache), WANDB_MODE="disabled", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "harness.run", "submissions/climbmix", "--profile", "cpu", "--depth", "2",
+           "--max-steps", "2", "--no-core", *args]  # fmt: skip
+    return subprocess.run(wrap(cmd), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_run_on_a_smoke_shard_with_a_corrupt_byte_fails_naming_the_shard_and_the_fix(smoke, session_cache, tmp_path):
+    shutil.copytree(smoke.val_file.parent, tmp_path / "data" / "smoke")
+    victim = tmp_path / "data" / "smoke" / "shard_00005.parquet"
+    damaged = damage(victim)
+    proc = harness_run(["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")], session_cache)
+    assert proc.returncode != 0
+    record = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert record["status"] == "failed"
+    fix = f"Delete {tmp_path / 'data' / 'smoke'} and run again to rebuild it"
+    assert "shard_00005.parquet" in record["error"]["message"] and fix in record["error"]["message"]
+    assert "shard_00005.parquet" in proc.stderr
+    assert victim.read_bytes() == damaged  # the user's file is left for them to look at
+
+
+def test_a_run_on_a_read_only_data_dir_holding_verified_smoke_data_just_works(smoke, session_cache, tmp_path):
     shutil.copytree(smoke.val_file.parent, tmp_path / "data" / "smoke", ignore=shutil.ignore_patterns("*.lock"))
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    code = (
-        "from harness.data import prepare_dataset\n"
-        f"print(prepare_dataset('smoke', data_dir={str(tmp_path / 'data')!r}).digest)\n"
-    )
-    proc = run_on_read_only(tmp_path / "data", code)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == smoke.digest
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*"))
+    with read_only(tmp_path / "data") as wrap:
+        proc = harness_run(["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")], session_cache, wrap)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert record["status"] == "finished" and record["data"]["digest"] == smoke.digest
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*")) == before  # nothing written
 
 
 # ------------------------------------------------------------------------------------------------
