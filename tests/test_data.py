@@ -226,6 +226,17 @@ def test_a_run_on_a_read_only_data_dir_holding_verified_smoke_data_just_works(sm
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*")) == before  # nothing written
 
 
+def test_a_read_only_data_dir_without_the_smoke_corpus_names_the_folder_and_the_fix(tmp_path):
+    (tmp_path / "data").mkdir()
+    code = f"from harness.data import prepare_dataset\nprepare_dataset('smoke', data_dir={str(tmp_path / 'data')!r})"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with read_only(tmp_path / "data") as wrap:
+        proc = subprocess.run(wrap([sys.executable, "-c", code]), env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert f"DataError: cannot build the smoke corpus in {tmp_path / 'data' / 'smoke'}" in proc.stderr
+    assert "point --data-dir / SPEEDRUN_DATA_DIR at a writable directory" in proc.stderr
+
+
 # ------------------------------------------------------------------------------------------------
 # Downloads through huggingface_hub
 

@@ -10,11 +10,13 @@ moves both into the manifest. See docs/data.md.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,6 +277,26 @@ def record_first_seen(
             raise
         log.warning("cannot record first-seen digests in %s (%s); using them for this run only", path, exc)
         return False
+
+
+@contextlib.contextmanager
+def write_lock(path: Path, what: str) -> Iterator[None]:
+    """``file_lock(path)``, held while ``what`` writes into a data dir; a read-only data dir is a DataError naming
+    it and the fix."""
+    try:
+        lock = file_lock(path)
+        lock.acquire()
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise DataError(
+            f"cannot {what} in {path.parent} ({exc.strerror}). Fix: point --data-dir / SPEEDRUN_DATA_DIR at a "
+            f"writable directory, or {what} where it is writable and copy the folder here."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def expected_digest(spec: DatasetSpec, shard: str, root: Path) -> tuple[str | None, str]:

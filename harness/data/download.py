@@ -44,6 +44,7 @@ from harness.data.catalog import (
     read_lock_file,
     record_first_seen,
     resolve_root,
+    write_lock,
 )
 from harness.fileio import file_lock, sha256_file
 
@@ -270,7 +271,7 @@ def download(
         spec.shard_name(i)  # range check before any network traffic
 
     def local(i: int) -> str | None:
-        with file_lock(spec.local_dir(root) / spec.shard_name(i)):
+        with write_lock(spec.local_dir(root) / spec.shard_name(i), f"download {name} shards"):
             return _verified_local(spec, i, root)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:

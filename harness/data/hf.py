@@ -25,10 +25,10 @@ import pyarrow as pa
 from huggingface_hub import HfApi
 from huggingface_hub.errors import GatedRepoError, HTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-from harness.data.catalog import DataError, DatasetSpec, MissingShardError
+from harness.data.catalog import DataError, DatasetSpec, MissingShardError, write_lock
 from harness.data.download import hub_endpoint, with_retries
 from harness.data.shards import write_shard
-from harness.fileio import atomic_write_json, file_lock, sha256_file
+from harness.fileio import atomic_write_json, sha256_file
 
 log = logging.getLogger("harness.data")
 
@@ -269,7 +269,7 @@ def materialize(name: str, root: Path, build: bool = True) -> DatasetSpec:
     if not (folder / MANIFEST).exists() and not build:
         raise MissingShardError(f"{source.name} is not materialised in {folder}. " + _fixes(source, root))
     if not (folder / MANIFEST).exists():
-        with file_lock(folder / "materialize"):
+        with write_lock(folder / "materialize", f"materialise {source.name}"):
             if not (folder / MANIFEST).exists():
                 _build(source, root)
     return DatasetSpec.load(folder / MANIFEST, folder=source.folder)

@@ -33,10 +33,11 @@ from harness.data.catalog import (
     read_lock_file,
     record_first_seen,
     resolve_root,
+    write_lock,
 )
 from harness.data.shards import content_digest, hash_files
 from harness.data.smoke import build_smoke
-from harness.fileio import atomic_write_json, file_lock, sha256_bytes, sha256_file
+from harness.fileio import atomic_write_json, sha256_bytes, sha256_file
 
 log = logging.getLogger("harness.data")
 
@@ -148,7 +149,7 @@ def _build_smoke_once(spec: DatasetSpec, root: Path) -> None:
     folder = spec.local_dir(root)
     if all((folder / spec.shard_name(i)).exists() for i in range(spec.num_shards)):
         return  # no lock needed to read a complete corpus (the data dir may be read-only)
-    with file_lock(folder / "build"):
+    with write_lock(folder / "build", "build the smoke corpus"):
         if not all((folder / spec.shard_name(i)).exists() for i in range(spec.num_shards)):
             build_smoke(root)
 
