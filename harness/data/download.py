@@ -12,6 +12,7 @@ place, and names what failed and how to fix it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -75,16 +76,15 @@ def with_retries(what: str, call: Callable[[], T], retries: int, backoff: float)
     to its caller (its maintainers retry 500s only when streaming). Over 170 shards those happen, so they are
     retried here.
     """
-    for attempt in range(retries + 1):
+    for attempt in itertools.count():
         try:
             return call()
         except (HTTPError, OSError) as exc:
-            if not _transient(exc) or attempt == retries:
+            if not _transient(exc) or attempt >= retries:
                 raise
             delay = backoff * 2**attempt
             log.warning("%s: %s; retry %d/%d in %.1fs", what, str(exc).splitlines()[0], attempt + 1, retries, delay)
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------------------------------------

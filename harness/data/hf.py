@@ -19,6 +19,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,6 +35,7 @@ log = logging.getLogger("harness.data")
 
 PREFIX = "hf:"
 MANIFEST = "manifest.json"
+SHARD = "shard_{index:05d}.parquet"
 SHARD_BYTES = 100_000_000  # UTF-8 text per training shard
 DEFAULTS = {"split": "train", "column": "text", "bytes": 1_000_000_000, "val_bytes": 100_000_000}
 SIZE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9}
@@ -203,38 +205,40 @@ def _take(docs, max_docs: int | None, max_bytes: int | None) -> list[str]:
     return out
 
 
+def _training_shards(docs, source: HfSource):
+    """The training documents (those after validation) in shards of up to SHARD_BYTES of text, until the asked
+    number of documents or bytes is reached or the split ends."""
+    docs_left, bytes_left = source.docs, source.bytes
+    while (docs_left is None or docs_left > 0) and (bytes_left is None or bytes_left > 0):
+        shard = _take(docs, docs_left, SHARD_BYTES if bytes_left is None else min(SHARD_BYTES, bytes_left))
+        if not shard:
+            return
+        yield shard
+        docs_left = None if docs_left is None else docs_left - len(shard)
+        bytes_left = None if bytes_left is None else bytes_left - sum(len(t.encode("utf-8")) for t in shard)
+
+
 def _build(source: HfSource, root: Path) -> None:
     folder = root / source.folder
     commit = _resolve_commit(source, root)
-    import datasets
-
     for old in folder.glob("shard_*.parquet"):  # leftovers of an interrupted build
         old.unlink()
     docs = _documents(source, commit)
     val = _take(docs, source.val_docs, source.val_bytes)
-    train_shards, total_docs, total_bytes = 0, 0, 0
-    budget_docs, budget_bytes = source.docs, source.bytes
-    while True:
-        left_docs = None if budget_docs is None else budget_docs - total_docs
-        left_bytes = None if budget_bytes is None else budget_bytes - total_bytes
-        if left_docs == 0 or (left_bytes is not None and left_bytes <= 0):
-            break
-        shard = _take(docs, left_docs, min(SHARD_BYTES, left_bytes) if left_bytes is not None else SHARD_BYTES)
-        if not shard:
-            break
-        write_shard(folder / f"shard_{train_shards:05d}.parquet", shard)
-        train_shards += 1
-        total_docs += len(shard)
-        total_bytes += sum(len(t.encode("utf-8")) for t in shard)
-        log.info("%s: training shard %d written (%d documents so far)", source.name, train_shards, total_docs)
-    if not val or not train_shards:
+    names, train_docs = [], 0
+    for shard in _training_shards(docs, source):
+        names.append(SHARD.format(index=len(names)))
+        write_shard(folder / names[-1], shard)
+        train_docs += len(shard)
+        log.info("%s: training shard %d written (%d documents so far)", source.name, len(names), train_docs)
+    if not val or not names:
         raise DataError(
-            f"{source.name}: the split holds {len(val) + total_docs} documents, too few for a validation shard and "
+            f"{source.name}: the split holds {len(val) + train_docs} documents, too few for a validation shard and "
             "a training shard. Fix: ask for less validation text (val_docs= or val_bytes=) or use a larger split."
         )
-    write_shard(folder / f"shard_{train_shards:05d}.parquet", val)
-    names = [f"shard_{i:05d}.parquet" for i in range(train_shards + 1)]
-    limits = {k: getattr(source, k) for k in ("docs", "bytes", "val_docs", "val_bytes") if getattr(source, k)}
+    names.append(SHARD.format(index=len(names)))
+    write_shard(folder / names[-1], val)
+    asked = {k: getattr(source, k) for k in ("config", "docs", "bytes", "val_docs", "val_bytes") if getattr(source, k)}
     manifest = {
         "name": source.name,
         "description": f"{source.repo_id} materialised by `datasets` on first use (development track)",
@@ -243,22 +247,19 @@ def _build(source: HfSource, root: Path) -> None:
             "repo_id": source.repo_id,
             "revision": commit,
             "asked_revision": source.revision or "main",
-            "config": source.config,
             "split": source.split,
             "column": source.column,
-            **limits,
-        },
-        "filename": "shard_{index:05d}.parquet",
-        "num_shards": train_shards + 1,
-        "val_shard": train_shards,
+            **asked,
+        },  # fmt: skip
+        "filename": SHARD,
+        "num_shards": len(names),
+        "val_shard": len(names) - 1,
         "digests": {name: sha256_file(folder / name) for name in names},
-        "built_with": {"pyarrow": pa.__version__, "datasets": datasets.__version__},
-        "documents": {"train": total_docs, "val": len(val)},
+        "built_with": {"pyarrow": pa.__version__, "datasets": version("datasets")},
+        "documents": {"train": train_docs, "val": len(val)},
     }
-    if manifest["source"]["config"] is None:
-        del manifest["source"]["config"]
     atomic_write_json(folder / MANIFEST, manifest)  # written last: its presence means the shards are complete
-    log.info("%s: %d training shards + validation, commit %s, in %s", source.name, train_shards, commit, folder)
+    log.info("%s: %d training shards + validation, commit %s, in %s", source.name, len(names) - 1, commit, folder)
 
 
 def materialize(name: str, root: Path, build: bool = True) -> DatasetSpec:
