@@ -92,10 +92,12 @@ Schedule = Callable[[int], dict[str, float]]
 
 @hookspec(firstresult=True)
 def select_dataset(run: Run) -> str:
-    """Name the training dataset, one of the pinned catalog (``harness.data.CATALOG``).
+    """Name the training dataset: one of the pinned catalog (``harness.data.CATALOG``), or, for development
+    runs, any Hugging Face dataset as ``"hf:OWNER/NAME[@REVISION][?config=..&split=..&bytes=..]"``, materialised
+    on first use and never record-eligible (docs/data.md).
 
-    Called first. The CPU smoke profile always trains on ``smoke`` whatever is returned, since the real
-    corpora cannot be downloaded there; the record says so.
+    Called first. The CPU smoke profile trains on ``smoke`` when a catalog name is returned, since the real
+    corpora cannot be downloaded there; the record says both.
     """
 
 
