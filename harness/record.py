@@ -25,8 +25,9 @@ from harness.fileio import atomic_write_json, sha256_file
 SCHEMA_PATH = Path(__file__).with_name("record.schema.json")
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The code that decides a result: a change here must show up as a different harness digest.
-HARNESS_PACKAGES = ("harness", "evals")
+# The code that decides a result, and the baselines every submission runs on: a change here must show up as a
+# different harness digest and, uncommitted, as a dirty harness.
+HARNESS_PACKAGES = ("harness", "evals", "baselines")
 LIBRARIES = ("torch", "tiktoken", "rustbpe", "pyarrow", "pandas", "pluggy", "numpy", "triton", "datasets", "wandb")
 
 
@@ -69,20 +70,49 @@ def harness_digest() -> str:
     return digest.hexdigest()
 
 
-def harness_provenance() -> dict:
-    """Version, git commit and dirty flag (uncommitted changes to tracked harness or eval files)."""
+def harness_provenance(imported: list[str] = ()) -> dict:
+    """Version, git commit, digest, and the dirty flag: uncommitted changes to the harness, eval and baseline
+    code or to any other repository file the run imported (``imported``, relative paths), whose text is kept."""
     try:
         version = importlib.metadata.version("speedrun")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", *HARNESS_PACKAGES)
+    status = _git("status", "--porcelain", "--untracked-files=all", "--", *HARNESS_PACKAGES, *imported)
+    changed = sorted(line[3:].split(" -> ")[-1] for line in (status or "").splitlines())
     return {
         "version": version,
         "commit": commit,
-        "dirty": None if status is None else bool(status),
+        "dirty": None if status is None else bool(changed),
         "source_digest": harness_digest(),
+        "changed": changed,
+        "changed_sources": {path: _text(REPO_ROOT / path) for path in changed if (REPO_ROOT / path).is_file()},
     }
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return f"(not UTF-8: sha256 {sha256_file(path)})"
+
+
+def record_sha256(run_dir: Path) -> str:
+    return sha256_file(Path(run_dir) / "record.json")
+
+
+def record_digest_problem(run_dir: Path) -> str | None:
+    """Whether record.json is the file the referee wrote: its sha256 against the last line of events.jsonl."""
+    from harness.clock import read_events
+
+    run_dir = Path(run_dir)
+    events = read_events(run_dir / "events.jsonl")
+    written = next((e["value"] for e in reversed(events) if e.get("event") == "record_written"), None)
+    if not isinstance(written, dict) or "sha256" not in written:
+        return f"{run_dir / 'events.jsonl'} has no record_written line: the run did not end with the referee's record"
+    if written["sha256"] != record_sha256(run_dir):
+        return f"{run_dir / 'record.json'} is not the record the referee wrote (its sha256 differs from events.jsonl)"
+    return None
 
 
 def environment() -> dict:

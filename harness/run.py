@@ -44,7 +44,7 @@ from harness.fileio import atomic_write_json, file_lock
 from harness.guard import check_free_space
 from harness.loader import validation_rows
 from harness.plugins import SubmissionError, describe_folder, locate_submission
-from harness.record import harness_digest, write_record
+from harness.record import REPO_ROOT, harness_digest, harness_provenance, record_sha256, write_record
 from harness.report import Progress, new_record, summary_table
 from harness.watch import FileWatch, become_subreaper, changed_since, library_roots, reap_descendants
 
@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     events.write("run_stop", None, record["status"])
     record["wall_time_s"] = round(time.monotonic() - started, 3)
     write_record(out, record)
+    events.write("record_written", None, {"sha256": record_sha256(out)})  # what leaderboard add checks
     print(summary_table(record))
     print(f"record: {out / 'record.json'}")
     if record["error"]:
@@ -364,19 +365,11 @@ class Referee:
 
         # ---- data and tokenizer, verified against their digests; the held-out rows of the in-training val_bpb
         self.enter("setup")
-        dataset_name = profile.dataset or selected
+        dataset_name = selected if selected.startswith("hf:") else (profile.dataset or selected)
         dataset = prepare_dataset(dataset_name, train_shards(config, dataset_name), data_dir=config.data_dir)
         tokenizer = get_tokenizer(dataset, profile.vocab_size)
         tokenizer.save(out / "tokenizer.json")
-        record["data"] = {
-            "dataset": dataset.name,
-            "selected": selected,
-            "digest": dataset.digest,
-            "pinned": dataset.pinned,
-            "shards": dataset.digests,
-            "stream_digest": None,
-            "tokens_consumed": 0,
-        }
+        record["data"] = {**dataset.describe(), "selected": selected, "stream_digest": None, "tokens_consumed": 0}
         record["tokenizer"] = {"digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size}
         if bundle is not None:
             record["eval_bundle"] = {"path": str(bundle.root), "digest": bundle.digest,
@@ -403,18 +396,21 @@ class Referee:
         # ---- training, in the worker; the referee watches the files the worker must not read
         watched = [dataset.val_file] + ([bundle.root] if bundle is not None else [])
         watch = FileWatch(watched)
-        worker_started = time.time()
+        worker_lifetime = [time.time()]
         self.follow_worker(inputs / "worker.json", signals)
         left_behind = reap_descendants()
+        worker_lifetime.append(time.time())
         touched = watch.close()
-        self.enter("checks")
-        changed = changed_since(worker_started, library_roots())
-        record["watch"] = {"available": watch.available, "watched": [str(p) for p in watched],
-                           "touched": touched, "libraries_changed": changed,
-                           "left_behind": len(left_behind)}  # fmt: skip
         self.record_training()
 
-        # ---- what the referee checks: the clocks agree, the warm-up restored everything, nothing was tampered with
+        # ---- the referee's evals of the exported program start now, while the referee checks the run: the clocks
+        # agree, the warm-up restored everything, nothing the referee relies on was read or changed
+        self.enter("eval")
+        exported = self.reports["exported"]
+        evals = self.start_evals(Path(exported["path"]), exported["sha256"], dataset, tokenizer, bundle)
+        changed = changed_since(*worker_lifetime, library_roots())
+        record["watch"] = {"available": watch.available, "watched": [str(p) for p in watched], "touched": touched,
+                           "libraries_changed": changed, "left_behind": len(left_behind)}  # fmt: skip
         problems = [*self.clock_problems(), *self.warmup_problems()]
         if touched:
             problems.append(f"the worker opened files it must not read: {', '.join(touched[:3])} (the evaluation "
@@ -429,13 +425,11 @@ class Referee:
         if bundle is not None and load_bundle(bundle.root).digest != bundle.digest:
             problems.append("the eval bundle changed during the run")
         if problems:
+            evals.kill()
+            evals.wait()
             raise RunFailed("; ".join(problems) + ". The referee's code, clock and files may not be touched by a "
                             "submission (docs/rules.md).")  # fmt: skip
-
-        # ---- the referee's evals of the exported program: val_bpb on the fixed rows, CORE, the calibration
-        self.enter("eval")
-        exported = self.reports["exported"]
-        evaluated = self.evaluate(Path(exported["path"]), exported["sha256"], dataset, tokenizer, bundle, signals)
+        evaluated = self.finish_evals(evals, Path(exported["path"]), signals)
         record["calibration"] = evaluated.get("calibration", {})
         record["program"] = {"path": exported["path"], "sha256": exported["sha256"], **evaluated["program"]}
         record["metrics"]["val_bpb"] = evaluated["val_bpb"]
@@ -499,7 +493,8 @@ class Referee:
         self.reports = {}
         device_type = self.profile.device_type
         cmd = [sys.executable, "-m", "harness.worker", "--device-type", device_type, "--config", str(config_file)]
-        env = {**os.environ, **channel.env}
+        # The worker is not told where the evaluation data is (and the referee watches it: harness/watch.py).
+        env = {k: v for k, v in os.environ.items() if k != "SPEEDRUN_EVAL_BUNDLE"} | channel.env
         proc = subprocess.Popen([*cmd, *(mode or [])], env=env, start_new_session=True)
         self.probing = mode is not None
         if mode is None:
@@ -661,6 +656,12 @@ class Referee:
         record["data"]["stream_digest"] = summary["stream_digest"]
         record["data"]["tokens_consumed"] = record["plan"]["total_batch_tokens"] * summary["steps_completed"]
         record["imported"] = summary["imported"]
+        # Provenance of what actually ran: the harness, evals, baselines and every repository file the worker
+        # imported; uncommitted changes make the run ineligible and their text is kept in the record.
+        own = Path(record["submission"]["path"])  # the submission's files are embedded whatever their git state
+        imported = [f for f in summary["imported"] if not (REPO_ROOT / f).resolve().is_relative_to(own)]
+        started = record["harness"]["source_digest"]
+        record["harness"] = {**harness_provenance(imported), "source_digest": started}
         every = max(1, record["plan"]["num_steps"] // LOSS_CURVE_POINTS)
         steps = sorted(self.losses)
         record["loss_curve"] = [[s, round(self.losses[s], 6)] for s in steps if s % every == 0 or s == steps[-1]]
@@ -721,40 +722,45 @@ class Referee:
 
     # -- the referee's evals -----------------------------------------------------------------------------------
 
-    def evaluate(self, program: Path, sha256: str, dataset, tokenizer, bundle, signals: Signals) -> dict:
+    def start_evals(self, program: Path, sha256: str, dataset, tokenizer, bundle) -> subprocess.Popen:
         """val_bpb and CORE of the exported program, in an isolated process running only the referee's code."""
         config, profile, out = self.config, self.profile, self.config.out
-        result_path = out / "evals" / "result.json"
+        self.eval_result = out / "evals" / "result.json"
         args = [str(program), "--sha256", sha256, "--tokenizer", str(out / "tokenizer.json"),
                 "--tokenizer-digest", tokenizer.digest, "--val-file", str(dataset.val_file),
                 "--val-tokens", str(profile.val_tokens), "--seq-len", str(profile.seq_len),
                 "--device", "cuda:0" if profile.device_type == "cuda" else "cpu", "--calibrate",
-                "--json", str(result_path)]  # fmt: skip
+                "--json", str(self.eval_result)]  # fmt: skip
         if bundle is not None:
             args += ["--bundle", str(bundle.root), "--bundle-digest", bundle.digest]
             args += ["--max-per-task", str(config.max_per_task)] if config.max_per_task else []
-        with tempfile.TemporaryDirectory(prefix="speedrun-pycache-") as pycache:
-            proc = subprocess.Popen(isolated_command(args, Path(pycache)), stderr=subprocess.PIPE, text=True)
-            signals.deferring = True
-            try:
-                while proc.poll() is None:
-                    if signals.received:
-                        proc.kill()
-                        proc.wait()
-                        raise RunInterrupted(f"received {signals.received[0]} during the final evals; the exported "
-                                             f"model is kept in {program.parent}")  # fmt: skip
-                    time.sleep(0.1)
-            finally:
-                signals.deferring = False
-            stderr = proc.stderr.read()
-            proc.stderr.close()
+        # A fresh bytecode cache: the eval process compiles what it imports from source, never a .pyc the worker
+        # could have planted.
+        self.pycache = tempfile.TemporaryDirectory(prefix="speedrun-pycache-")
+        return subprocess.Popen(isolated_command(args, Path(self.pycache.name)), stderr=subprocess.PIPE, text=True)
+
+    def finish_evals(self, proc: subprocess.Popen, program: Path, signals: Signals) -> dict:
+        signals.deferring = True
+        try:
+            while proc.poll() is None:
+                if signals.received:
+                    proc.kill()
+                    proc.wait()
+                    raise RunInterrupted(f"received {signals.received[0]} during the final evals; the exported model "
+                                         f"is kept in {program.parent}")  # fmt: skip
+                time.sleep(0.1)
+        finally:
+            signals.deferring = False
+            self.pycache.cleanup()
+        stderr = proc.stderr.read()
+        proc.stderr.close()
         sys.stderr.write(stderr)
         if proc.returncode != 0:
             how = (f"was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
                    else f"failed with code {proc.returncode}")  # fmt: skip
             raise RunFailed(f"the referee's eval process {how}: {stderr.strip()[-2000:] or 'no message'}. The "
                             f"exported model is kept in {program.parent}")  # fmt: skip
-        return json.loads(result_path.read_text())
+        return json.loads(self.eval_result.read_text())
 
 
 def _signal_group(proc: subprocess.Popen, signum: int) -> None:
@@ -766,7 +772,7 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
 
 def train_shards(config: Config, dataset_name: str) -> int | None:
     """How many training shards the run needs locally: all of the small smoke corpus, else --train-shards."""
-    return None if dataset_name == "smoke" else config.train_shards
+    return None if dataset_name == "smoke" or dataset_name.startswith("hf:") else config.train_shards
 
 
 def monitor_rows(val_file: Path, tokenizer, profile: profiles.Profile) -> torch.Tensor | None:
@@ -795,10 +801,10 @@ def eligibility(config: Config, record: dict, bundle, dataset, budgets: dict, le
         reasons.append(f"eval bundle is partial (missing {', '.join(bundle.missing_labels)})")
     if config.max_per_task is not None:
         reasons.append("CORE evaluated on a per-task cap, not on every record")
-    if not dataset.pinned:
-        reasons.append(f"dataset {dataset.name!r} has shards without committed digests (python -m harness.data pin)")
+    reasons += dataset.not_eligible
     if record["harness"]["dirty"]:
-        reasons.append("the harness has uncommitted changes")
+        changed = record["harness"].get("changed") or []
+        reasons.append(f"uncommitted changes in {', '.join(changed[:5])}" if changed else "the harness has uncommitted changes")
     for name, used in budgets.items():
         if used["seconds"] > used["budget"]:
             reasons.append(f"untimed phase {name} took {used['seconds']:.1f} s, over its budget of "

@@ -3,7 +3,7 @@
     watch = FileWatch([bundle_dir, val_file])        # inotify: any open or read of these files is noticed
     ...run the worker...
     touched = watch.close()                           # names of the watched files something opened
-    changed = changed_since(started, library_roots()) # files of the Python installation changed since `started`
+    changed = changed_since(start, end, library_roots())   # files of the Python installation changed meanwhile
     reap_descendants()                                # kill what the worker left behind (daemons included)
 
 The referee runs no submission code itself, but the worker it launches does, as the same user. These checks
@@ -98,16 +98,16 @@ def library_roots() -> list[Path]:
     return sorted({Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")})
 
 
-def changed_since(since: float, roots: list[Path], limit: int = 20) -> list[str]:
-    """Files under ``roots`` whose inode changed (ctime) at or after ``since``: created, written, renamed or
-    re-permissioned. ctime cannot be set back by an unprivileged process, unlike mtime."""
+def changed_since(start: float, end: float, roots: list[Path], limit: int = 20) -> list[str]:
+    """Files under ``roots`` whose inode changed (ctime) between ``start`` and ``end``: created, written, renamed
+    or re-permissioned. ctime cannot be set back by an unprivileged process, unlike mtime."""
     changed = []
     for root in roots:
         for folder, _, files in os.walk(root):
             for name in files:
                 path = os.path.join(folder, name)
                 try:
-                    if os.lstat(path).st_ctime >= since:
+                    if start <= os.lstat(path).st_ctime <= end:
                         changed.append(path)
                 except OSError:
                     continue

@@ -139,7 +139,6 @@ def test_the_command_line_refuses_a_bad_hf_name_with_the_usage(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="needs run.py to honour hf: on cpu (lead)")
 def test_a_cpu_run_on_an_hf_dataset_records_its_commit_and_digests_and_is_not_eligible(hub, session_cache, tmp_path):
     local, commit = hub
     folder = tmp_path / "hf_submission"
