@@ -25,14 +25,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.clock import read_events as harness_read_events
-from harness.fileio import atomic_write_json, atomic_write_text, file_lock, sha256_file
+from harness.fileio import atomic_write_json, atomic_write_text, file_lock, sha256_file, temp_dir
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TRACKS = ("record", "dev")
@@ -369,7 +368,7 @@ def add_entry(
             "runs": [],
         }
         track_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=track_dir, prefix=f".{dest.name}."))
+        tmp = temp_dir(track_dir, prefix=f".{dest.name}.")  # with the umask's permissions: the store is shared
         try:
             for run in sorted(good, key=lambda r: r.seed):
                 sub = f"seed-{run.seed}"
@@ -381,7 +380,6 @@ def add_entry(
                 meta["runs"].append({"dir": sub, "seed": run.seed, "files": files})
             atomic_write_text(tmp / "writeup.md", text)
             atomic_write_json(tmp / "entry.json", meta)
-            tmp.chmod(0o755)  # mkdtemp makes it private; the store is shared
             os.rename(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
