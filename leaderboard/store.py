@@ -38,7 +38,7 @@ TRACKS = ("record", "dev")
 TRACK_DIRS = {"record": Path("records"), "dev": Path("dev") / "records"}
 RECORD_PROFILE = "8xh100"
 PINNED = ("data", "tokenizer", "eval_bundle")  # record sections whose digest the record track pins
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch: "$" would accept a final "\n"
 RUN_FILES = ("record.json", "events.jsonl")
 
 
@@ -346,7 +346,7 @@ def add_entry(
         good = [run for run in runs if isinstance(run, Run)]  # all of them: every run passed "readable"
         first = good[0].record
         name = name or first["submission"]["name"]
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise LeaderboardError(f"name {name!r}: use letters, digits, '.', '_' or '-' (at most 64); pass --name")
         text = _writeup(first, writeup, track)
         date = min(_started(r.record) for r in good).strftime("%Y-%m-%d")
