@@ -148,7 +148,7 @@ def _entry_row(j: Judged, link: str | None) -> dict:
     return {
         "#": str(j.number),
         "time (h)": _mean_sd(j.assessment.time_h, 3),
-        "CORE (mean ± sd, n)": f"{core} partial" if j.partial else core,
+        "CORE (mean ± sd, n)": f"{core} partial" if j.partial and core != DASH else core,
         "val_bpb": _mean_sd(j.assessment.val_bpb, 5),
         "description": f"{description} ([stats]({link}))" if link else description,
         "date": _cell_text(meta["date"]),
