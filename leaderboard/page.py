@@ -99,7 +99,7 @@ def build_page(record: list[Judged], dev: list[Judged], reference: dict) -> str:
             "SCRIPT": (TEMPLATES / "page.js").read_text(encoding="utf-8"),
             "DATA": script_json(data),
             "RULE": escape(rule_text(reference).replace("**", "").replace("`", "")),
-            "RECORD_TABLE": html_table(record_frame(record, reference, links=False), "record-table"),
-            "DEV_TABLE": html_table(dev_frame(dev, links=False), "dev-table"),
+            "RECORD_TABLE": html_table(record_frame(record, reference, markdown=False), "record-table"),
+            "DEV_TABLE": html_table(dev_frame(dev, markdown=False), "dev-table"),
         },
     )

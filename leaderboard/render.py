@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -131,75 +132,87 @@ def _cell_text(text: object) -> str:
     return " ".join(str(text).split()) or DASH
 
 
-# Escapes for user text in generated markdown: a backslash or '|' could split a table cell, '<' could open an HTML
-# comment or tag (a fake marker '<!-- leaderboard:table:end -->' would break the next render), '&' an entity.
-MARKDOWN_ESCAPES = {"\\": "\\\\", "|": "\\|", "<": "&lt;", "&": "&amp;"}
+# User text in generated markdown shows as written: '\\' and '|' could split a table cell, '<' open an HTML comment or
+# tag (a fake '<!-- leaderboard:table:end -->' marker would break the next render), '&' an entity, and '*', '_',
+# '`', '~', '[', ']' format it ('__init__' would turn bold). Each is escaped; '_' only where it could format,
+# not inside a word (GFM never reads 'd24_baseline' as emphasis), so folder names stay readable in the source.
+MARKDOWN_SPECIAL = re.compile(r"[\\|*`~\[\]]|(?<![^\W_])_|_(?![^\W_])")
+MARKDOWN_ENTITIES = {"<": "&lt;", "&": "&amp;"}
 
 
 def md(text: object) -> str:
     """``text`` as one line of markdown that shows as written, in a table cell or a list item."""
-    return re.sub(r"[\\|<&]", lambda m: MARKDOWN_ESCAPES[m.group()], _cell_text(text))
+    line = MARKDOWN_SPECIAL.sub(lambda m: "\\" + m.group(), _cell_text(text))
+    return re.sub("[<&]", lambda m: MARKDOWN_ENTITIES[m.group()], line)
 
 
 def _entry_row(j: Judged, link: str | None) -> dict:
+    """An entry's cells: markdown, with the description linking to ``link`` (its stats.md), when a link is given;
+    plain text for the web page (``html_table`` escapes it) when not."""
     meta = j.entry.meta
+    text = md if link else _cell_text
     core = _mean_sd(j.assessment.core, 4, with_n=True)
-    description = _cell_text(meta["description"])
+    # The link is URL-quoted: an old entry's folder name may hold any character, a newline included.
+    description = f"{md(meta['description'])} ([stats]({quote(link)}))" if link else _cell_text(meta["description"])
     return {
         "#": str(j.number),
         "time (h)": _mean_sd(j.assessment.time_h, 3),
         "CORE (mean ± sd, n)": f"{core} partial" if j.partial and core != DASH else core,
         "val_bpb": _mean_sd(j.assessment.val_bpb, 5),
-        "description": f"{description} ([stats]({link}))" if link else description,
-        "date": _cell_text(meta["date"]),
-        "commit": _cell_text((meta.get("commit") or DASH)[:10]),
-        "contributors": _cell_text(", ".join(map(str, meta["contributors"]))),
-        "status": _cell_text(j.status),
+        "description": description,
+        "date": text(meta["date"]),
+        "commit": text((meta.get("commit") or DASH)[:10]),
+        "contributors": text(", ".join(map(str, meta["contributors"]))),
+        "status": text(j.status),
     }
 
 
-def reference_frame(reference: dict) -> pd.DataFrame:
+def reference_frame(reference: dict, markdown: bool = True) -> pd.DataFrame:
+    text = md if markdown else _cell_text
     rows = [
         {
             "#": str(i),
             "time (h)": f"{row['time_h']:g}",
             "CORE (mean ± sd, n)": f"{row['core']:.4f} (reported)",
             "val_bpb": _num(row["val_bpb"], 5),
-            "description": _cell_text(row["description"]),
-            "date": row["date"],
+            "description": text(row["description"]),
+            "date": text(row["date"]),
             "commit": DASH,
-            "contributors": _cell_text(row["contributors"]),
-            "status": reference["status"],
+            "contributors": text(row["contributors"]),
+            "status": text(reference["status"]),
         }
         for i, row in enumerate(reference["rows"])
     ]
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
-def record_frame(judged: list[Judged], reference: dict, links: bool = True) -> pd.DataFrame:
-    """The record track's table: reference rows, then the entries (descriptions link to stats.md if ``links``)."""
+def record_frame(judged: list[Judged], reference: dict, markdown: bool = True) -> pd.DataFrame:
+    """The record track's table: reference rows, then the entries. ``markdown``: cells escaped for a markdown
+    table and descriptions linking to stats.md; else plain text for the web page."""
     rows = [
-        _entry_row(j, f"{TRACK_DIRS['record'].as_posix()}/{j.entry.path.name}/stats.md" if links else None)
+        _entry_row(j, f"{TRACK_DIRS['record'].as_posix()}/{j.entry.path.name}/stats.md" if markdown else None)
         for j in judged
     ]
     ours = pd.DataFrame(rows, columns=RECORD_COLUMNS)
-    return pd.concat([reference_frame(reference), ours], ignore_index=True) if rows else reference_frame(reference)
+    ref = reference_frame(reference, markdown)
+    return pd.concat([ref, ours], ignore_index=True) if rows else ref
 
 
-def dev_frame(judged: list[Judged], links: bool = True) -> pd.DataFrame:
+def dev_frame(judged: list[Judged], markdown: bool = True) -> pd.DataFrame:
     rows = []
     for j in judged:
-        row = _entry_row(j, f"records/{j.entry.path.name}/stats.md" if links else None)  # relative to dev/README.md
-        row["profile"] = _cell_text(", ".join(sorted({str(run.record.get("profile")) for run in j.entry.runs})))
+        row = _entry_row(j, f"records/{j.entry.path.name}/stats.md" if markdown else None)  # from dev/README.md
+        profiles = ", ".join(sorted({str(run.record.get("profile")) for run in j.entry.runs}))
+        row["profile"] = md(profiles) if markdown else _cell_text(profiles)
         rows.append(row)
     return pd.DataFrame(rows, columns=DEV_COLUMNS)
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """A GitHub markdown table; every cell is escaped (``md``), so no text can split a row or a cell.
-    (pandas' to_markdown would need the tabulate package.)"""
-    lines = ["| " + " | ".join(md(c) for c in df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
-    lines += ["| " + " | ".join(md(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    """A GitHub markdown table of ``df``, whose cells are markdown already (user text escaped with ``md``, so no
+    text splits a row or a cell). pandas' to_markdown would need the tabulate package."""
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
@@ -233,15 +246,15 @@ def stats_markdown(j: Judged, target: float) -> str:
         rec, metrics, time_s = run.record, run.record.get("metrics") or {}, finite(run.record.get("training_time_s"))
         rows.append(
             {
-                "seed": str(run.seed),
-                "status": rec.get("status"),
-                "profile": rec.get("profile"),
+                "seed": md(run.seed),
+                "status": md(rec.get("status")),
+                "profile": md(rec.get("profile")),
                 "time (h)": _num(None if time_s is None else time_s / 3600, 4),
                 "CORE": _num(finite(metrics.get("core")), 4),
                 "core_partial": _num(finite(metrics.get("core_partial")), 4),
                 "val_bpb": _num(finite(metrics.get("val_bpb")), 5),
-                "steps": str(rec.get("steps_completed")),
-                "started": rec.get("started_at"),
+                "steps": md(rec.get("steps_completed")),
+                "started": md(rec.get("started_at")),
             }
         )
     runs = pd.DataFrame(rows)
@@ -333,5 +346,5 @@ def render(root: str | Path = PACKAGE_DIR) -> list[Path]:
 
 
 def html_table(df: pd.DataFrame, table_id: str) -> str:
-    """A table for the web page (a frame built with ``links=False``); every cell HTML-escaped."""
+    """A table for the web page (a frame built with ``markdown=False``); every cell HTML-escaped."""
     return df.to_html(index=False, escape=True, table_id=table_id, classes="board", border=0)

@@ -78,6 +78,7 @@ def board(tmp_path_factory) -> Path:
     add_entry(runs_with_labels(tmp, "placeholder", []), root=root, track="dev", name=NAME_WITH_PLACEHOLDER)
     evil = add_entry(runs_with_labels(tmp, "evil", []), root=root, track="dev", name="evil")
     filed_by_an_older_version(evil.path, edit_meta=lambda m: {**m, "name": EVIL_NAME + "<!--<script>"})
+    evil.path.rename(evil.path.with_name(evil.path.name + "\n"))  # the folder an older add made of that name
 
     def non_finite(record: dict) -> dict:  # what the harness wrote before strict JSON
         record["metrics"].update(val_bpb=math.nan, core_partial=math.inf, core=None)
@@ -149,9 +150,17 @@ def test_a_description_cannot_add_a_line_to_an_entrys_stats_page(board):
     assert "- description: line one - status: record (forged) &lt;!-- leaderboard:dev:end -->" in text
 
 
-def test_an_old_entry_named_with_a_newline_renders_as_one_line(board):
-    [stats] = (board / "dev" / "records").glob("*_evil/stats.md")
+def test_an_old_entry_named_with_a_newline_renders_as_one_line_with_a_working_link(board):
+    [stats] = (board / "dev" / "records").glob("*_evil\n/stats.md")
     assert stats.read_text().splitlines()[0] == "# evil &lt;!--&lt;script> (dev track)"
+    [row] = [r for r in table_block(board / "dev" / "README.md", "dev") if "_evil" in r]
+    assert "Sample change ([stats](records/2026-04-01_evil%0A/stats.md))" in row
+
+
+def test_markdown_formatting_in_user_text_is_shown_as_written(board):
+    text = (board / "dev" / "README.md").read_text()
+    assert r"| \_\_DEV_TABLE\_\_ \_\_DATA\_\_ \_\_SCRIPT\_\_ &lt;/script>&lt;!-- ([stats](" in text
+    assert "([stats](records/2026-04-01_x__DEV_TABLE__y/stats.md))" in text  # a link destination is not formatted
 
 
 def test_non_finite_and_null_metrics_render_as_missing(board):
