@@ -2,15 +2,12 @@
 
     pytest tests/test_help.py
 
-Each command runs in this process as `python -m MODULE --help` would (runpy with a patched argv), so the text
-checked is exactly what a user reads.
+Each command's ``main(["--help"])`` runs in this process: the text checked is what `python -m MODULE --help` prints.
 """
 
 from __future__ import annotations
 
 import importlib
-import runpy
-import sys
 
 import pytest
 
@@ -22,17 +19,16 @@ ENDINGS = {
 }
 
 
-def help_text(module: str, monkeypatch, capsys) -> str:
-    monkeypatch.setattr(sys, "argv", [module, "--help"])
+def help_text(module: str, capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_module(module, run_name="__main__", alter_sys=False)
+        importlib.import_module(module).main(["--help"])
     assert exit_info.value.code == 0
     return " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("module", sorted(ENDINGS))
-def test_help_shows_the_whole_first_paragraph_of_the_module_docstring(module, monkeypatch, capsys):
-    text = help_text(module, monkeypatch, capsys)
+def test_help_shows_the_whole_first_paragraph_of_the_module_docstring(module, capsys):
+    text = help_text(module, capsys)
     doc = importlib.import_module(module).__doc__
     first_paragraph = " ".join(doc.split("\n\n")[0].split())
     assert first_paragraph.endswith(ENDINGS[module])
