@@ -12,7 +12,8 @@ What is read, in ``events.jsonl`` (the harness's event log):
   clock's training time at the end of the step). Without ``training_time_s`` the time is the running sum of the
   ``step_times`` lines (``key`` the first step, ``value`` each step's seconds); a step whose time is unknown
   (a resumed run's earlier segment) has ``time_s`` None and is left out of plots against time.
-- ``val_bpb`` lines: ``key`` the number of steps done, ``value`` the bits per byte.
+- ``val_bpb`` lines: ``key`` the number of steps done, ``value`` the bits per byte, or an object ``{"val_bpb": x,
+  "training_time_s": t}``; without ``training_time_s``, the time at the end of the last step done.
 
 When the log has no ``train_loss`` or ``val_bpb`` lines, the record's ``loss_curve`` and ``evals`` are used.
 Points whose value is not a finite number (a diverged run; null in strict JSON) are left out.
@@ -95,8 +96,12 @@ def run_curves(record: dict | None, events: list[dict], label: str = "") -> RunC
                 curves.loss.append(Point(step, loss, time_s))
             if (mult := _number(fields.get("lr_mult"))) is not None:
                 curves.lr_mult.append(Point(step, mult, time_s))
-        elif e.get("event") == "val_bpb" and (bpb := _number(value)) is not None:
-            curves.val_bpb.append(Point(step, bpb, ends.get(step - 1, 0.0 if step == 0 else None)))
+        elif e.get("event") == "val_bpb":
+            fields = value if isinstance(value, dict) else {"val_bpb": value}
+            time_s = _number(fields.get("training_time_s"))
+            time_s = time_s if time_s is not None else ends.get(step - 1, 0.0 if step == 0 else None)
+            if (bpb := _number(fields.get("val_bpb"))) is not None:
+                curves.val_bpb.append(Point(step, bpb, time_s))
     if not curves.loss:
         for item in record.get("loss_curve") or []:
             if isinstance(item, list) and len(item) >= 2 and (step := _step(item[0])) is not None:

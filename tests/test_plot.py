@@ -42,7 +42,8 @@ def step_times(run: Path) -> list[float]:
 
 
 def with_lr_logged(run: Path, dest: Path) -> Path:
-    """A copy of ``run`` whose train_loss lines carry the schedule's lr multiplier and the training time."""
+    """A copy of ``run`` whose train_loss and val_bpb lines carry the training time, and train_loss lines the
+    schedule's lr multiplier; without the step_times line, so that the times can only come from those."""
     dest.mkdir(parents=True)
     shutil.copyfile(run / "record.json", dest / "record.json")
     steps = record_of(run)["plan"]["num_steps"]
@@ -52,6 +53,8 @@ def with_lr_logged(run: Path, dest: Path) -> Path:
         if e["event"] == "train_loss":
             step = e["key"]
             e["value"] = {"loss": e["value"], "lr_mult": lr_multiplier(step, steps), "training_time_s": ends[step]}
+        if e["event"] == "val_bpb":
+            e["value"] = {"val_bpb": e["value"], "training_time_s": ends[e["key"] - 1]}
         if e["event"] != "step_times":  # the time now comes with each loss
             lines.append(json.dumps(e) + "\n")
     (dest / "events.jsonl").write_text("".join(lines))
@@ -81,11 +84,13 @@ def test_val_bpb_during_training_is_placed_at_the_time_of_its_step():
     assert [p.time_s for p in curves.val_bpb] == pytest.approx([ends[29], ends[31]])
 
 
-def test_the_lr_multiplier_and_training_time_are_read_from_train_loss_objects(tmp_path):
+def test_the_lr_multiplier_and_training_times_are_read_from_event_objects(tmp_path):
     curves = read_run_curves(with_lr_logged(LONG, tmp_path / "lr"))
     assert [p.value for p in curves.lr_mult] == [lr_multiplier(s, 32) for s in range(32)]
     assert [p.time_s for p in curves.loss] == pytest.approx(list(accumulate(step_times(LONG))))
     assert [p.value for p in curves.loss] == [loss for _, loss in record_of(LONG)["loss_curve"]]
+    ends = list(accumulate(step_times(LONG)))
+    assert [(p.step, p.time_s) for p in curves.val_bpb] == [(30, ends[29]), (32, ends[31])]
 
 
 def test_without_an_event_log_the_records_curves_are_used_without_times(tmp_path):
