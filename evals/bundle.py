@@ -94,10 +94,7 @@ def resolve_bundle(path: str | Path | None = None) -> Bundle:
     if path is not None:
         root = Path(path).expanduser()
         if not _is_file(root / CONFIG_FILE):
-            raise BundleError(
-                f"no CORE eval bundle at {root} ({CONFIG_FILE} not found); pass the folder that holds "
-                f"{CONFIG_FILE}, {META_FILE} and eval_data/, or unset SPEEDRUN_EVAL_BUNDLE to download it"
-            )
+            raise BundleError(not_a_bundle_message(root))
     elif (
         not os.environ.get("SPEEDRUN_EVAL_BUNDLE_URL")
         and not (cache_dir() / "eval_bundle" / CONFIG_FILE).is_file()
@@ -107,6 +104,29 @@ def resolve_bundle(path: str | Path | None = None) -> Bundle:
     else:
         root = download_bundle(cache_dir() / "eval_bundle", os.environ.get("SPEEDRUN_EVAL_BUNDLE_URL") or BUNDLE_URL)
     return load_bundle(root)
+
+
+# How a user points the harness at a bundle, or does without one (harness.run's flags; evals.core names its own).
+HOW_TO_POINT = "harness.run --eval-bundle DIR or $SPEEDRUN_EVAL_BUNDLE"
+HOW_TO_SKIP = "or run without CORE (harness.run --no-core)"
+
+
+def not_a_bundle_message(root: Path) -> str:
+    """What to pass instead of ``root``, a folder without core.yaml: its ``eval_bundle/`` subfolder or its parent
+    when they hold one, else how to point at a bundle, use the download or skip CORE."""
+    problem = f"no CORE eval bundle at {root} ({CONFIG_FILE} not found)"
+    for candidate in (root / "eval_bundle", root.parent):
+        if _is_file(candidate / CONFIG_FILE):
+            return f"{problem}; {candidate} holds one: pass {candidate}"
+    env = os.environ.get("SPEEDRUN_EVAL_BUNDLE")
+    if env and Path(env).expanduser() == root:
+        source = "SPEEDRUN_EVAL_BUNDLE names it: correct it, or unset it to download the bundle into the cache"
+    else:
+        source = f"without a path the bundle is downloaded into the cache ({cache_dir() / 'eval_bundle'})"
+    return (
+        f"{problem}; pass the folder that holds {CONFIG_FILE}, {META_FILE} and eval_data/ ({HOW_TO_POINT}), "
+        f"{HOW_TO_SKIP}; {source}"
+    )
 
 
 def _is_file(path: Path) -> bool:
@@ -135,8 +155,8 @@ def download_bundle(dest: Path, url: str = BUNDLE_URL) -> Path:
                 shutil.copyfileobj(response, f, 1 << 20)
         except OSError as exc:
             raise BundleError(
-                f"could not download the CORE eval bundle from {url} ({exc}); set SPEEDRUN_EVAL_BUNDLE to a local "
-                f"copy of the bundle folder, or SPEEDRUN_EVAL_BUNDLE_URL to a mirror of the zip"
+                f"could not download the CORE eval bundle from {url} ({exc}); point to a local copy of the bundle "
+                f"folder ({HOW_TO_POINT}), or set SPEEDRUN_EVAL_BUNDLE_URL to a mirror of the zip, {HOW_TO_SKIP}"
             ) from exc
         # Unzip beside dest and rename into place, so dest never holds half a bundle.
         staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))

@@ -99,7 +99,7 @@ class CIError(Exception):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m harness.ci", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m harness.ci", description=__doc__.split("\n\n")[0])
     p.add_argument("submission", help="submission folder (holding submission.py) or entry-point name")
     p.add_argument("--profile", default="auto", choices=["auto", *profiles.PROFILES], help="hardware profile")
     p.add_argument("--baseline", type=Path, help="baseline JSON (default leaderboard/ci/<profile>.json)")

@@ -410,7 +410,7 @@ def report_json(meta: dict, specs: list[RunSpec], per_depth: dict, transfers: li
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
         prog="python -m harness.compare",
-        description=__doc__.split("\n")[0],
+        description=__doc__.split("\n\n")[0],  # the first paragraph: a whole sentence
         epilog="Any other harness.run flag (--max-steps N, --no-core, --max-per-task N, --eval-bundle DIR, ...) "
         "is passed to every run.",
         allow_abbrev=False,  # a prefix of a harness flag must reach the harness, not match one of ours

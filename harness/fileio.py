@@ -1,15 +1,21 @@
-"""Small file utilities every part of the harness uses: content digests, atomic writes, file locks.
+"""Small file utilities every part of the harness uses: content digests, atomic writes, strict JSON, file locks.
 
 Every file the harness writes goes to a temporary name in the same directory and is renamed into place,
-so a killed process never leaves a half-written file under the final name.
+so a killed process never leaves a half-written file under the final name. The temporary file (or folder,
+``temp_dir``) is created with the process's umask, as ``open`` would create the final name: the renamed
+file is 0644 under umask 0022, not the 0600 of ``tempfile.mkstemp``.
+
+Every JSON file is strict JSON (``strict_json``): NaN and infinities, which Python's ``json`` writes but
+browsers and most parsers reject, are written as null and listed under a ``non_finite`` note.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,14 +37,35 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _create_new(parent: Path, prefix: str, suffix: str, create) -> Path:
+    """``create(path)`` for a fresh random name in ``parent``; FileExistsError picks another name."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            create(path)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a new temporary name {prefix}*{suffix} in {parent}")
+
+
+def temp_dir(parent: str | Path, prefix: str = ".tmp.") -> Path:
+    """A new empty folder in ``parent`` with the umask's permissions (``tempfile.mkdtemp`` makes it 0700)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    return _create_new(parent, prefix, ".tmp", lambda p: p.mkdir(0o777))
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_new(path.parent, f".{path.name}.", ".tmp", _new_file)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -57,8 +84,45 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+NON_FINITE_NOTE = "non_finite"  # the key listing what strict_json wrote as null
+
+
+def finite_only(obj: object, where: str = "") -> tuple[object, dict[str, str]]:
+    """A copy of ``obj`` with every non-finite float replaced by None, and where each was: a JSON path such as
+    ``metrics.val_bpb`` or ``loss_curve[3][1]`` mapped to ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, {where: "NaN" if math.isnan(obj) else "Infinity" if obj > 0 else "-Infinity"}
+    notes: dict[str, str] = {}
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            out[key], found = finite_only(value, f"{where}.{key}" if where else str(key))
+            notes.update(found)
+        return out, notes
+    if isinstance(obj, list | tuple):
+        items = []
+        for i, value in enumerate(obj):
+            item, found = finite_only(value, f"{where}[{i}]")
+            items.append(item)
+            notes.update(found)
+        return items, notes
+    return obj, notes
+
+
+def strict_json(obj: object, indent: int | None = None) -> str:
+    """JSON text every parser accepts (``allow_nan=False``): each non-finite float is written as null and, when
+    ``obj`` is an object, listed under ``"non_finite"`` (path -> "NaN" | "Infinity" | "-Infinity"), so a reader
+    sees that the number was computed and was not finite rather than never computed. Use it for records
+    (``{"metrics": {"val_bpb": null}, "non_finite": {"metrics.val_bpb": "NaN"}}``) and event lines alike."""
+    clean, notes = finite_only(obj)
+    if notes and isinstance(clean, dict):
+        clean[NON_FINITE_NOTE] = {**(clean.get(NON_FINITE_NOTE) or {}), **notes}
+    return json.dumps(clean, indent=indent, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, obj: object) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """``obj`` as strict JSON (``strict_json``), indented, written atomically."""
+    atomic_write_text(path, strict_json(obj, indent=2) + "\n")
 
 
 def file_lock(path: str | Path, timeout: float = -1) -> FileLock:

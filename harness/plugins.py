@@ -34,6 +34,7 @@ HOOKS_FILE = "submission.py"
 ENTRY_POINT_GROUP = "speedrun.submissions"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASELINE_DIR = REPO_ROOT / "baselines" / "nanochat"
+EXAMPLE = Path("submissions") / "climbmix"  # the submission error messages point to
 # Files that are part of a submission's identity (its digest); caches and editor droppings are not.
 SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
@@ -134,12 +135,7 @@ def locate_submission(spec: str) -> Path:
 
 
 def no_such_submission(spec: str) -> SubmissionError:
-    known = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return SubmissionError(
-        f"no submission {spec!r}: not a folder with a {HOOKS_FILE} and not an entry point in the "
-        f"{ENTRY_POINT_GROUP!r} group (installed: {', '.join(known) or 'none'}). Pass a folder such as "
-        f"submissions/climbmix."
-    )
+    return SubmissionError(not_found_message(spec))
 
 
 def describe_folder(folder: Path, name: str | None = None) -> dict:
@@ -199,36 +195,76 @@ def resolve(spec: str) -> tuple[str, Path, ModuleType]:
             if hasattr(module, "submission"):  # a package whose hooks live in its submission.py
                 module = module.submission
             return spec, Path(module.__file__).resolve().parent, module
-    raise no_such_submission(spec)
+    raise SubmissionError(not_found_message(spec))
+
+
+def not_found_message(spec: str) -> str:
+    """Why ``spec`` names no submission, and the path to pass instead. A relative path is read from the current
+    directory, so ``submissions/x`` given elsewhere than the repository root is pointed at the repository's."""
+    here = Path.cwd()
+    in_repo = REPO_ROOT / spec
+    if not Path(spec).is_absolute() and (in_repo / HOOKS_FILE).is_file():
+        return (
+            f"no folder {spec!r} in the current directory {here} (a relative path is read from there); the "
+            f"repository's {spec} is {in_repo}: pass that path, or run the command from {REPO_ROOT}"
+        )
+    example = EXAMPLE if (here / EXAMPLE / HOOKS_FILE).is_file() else REPO_ROOT / EXAMPLE
+    if "/" in spec or os.sep in spec:
+        return (
+            f"no folder {spec!r} (looked in {here / spec}); pass the path of a folder that holds {HOOKS_FILE}, "
+            f"such as {example}"
+        )
+    known = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return (
+        f"no submission {spec!r}: not a folder in {here} and not an entry point in the {ENTRY_POINT_GROUP!r} "
+        f"group (installed: {', '.join(known) or 'none'}). Pass the path of a folder that holds {HOOKS_FILE}, "
+        f"such as {example}, or an installed entry point's name."
+    )
 
 
 def check_hook_functions(module: ModuleType, valid: list[str]) -> None:
-    """Reject misspelt hooks and hook-named functions without @hookimpl, naming the file and valid names."""
+    """Reject misspelt hooks and hook-named functions without @hookimpl, naming the file and valid names.
+
+    Every problem of the file is reported at once: a submission with three undecorated hooks is fixed in one
+    go, not in three failed runs.
+    """
     path = getattr(module, "__file__", module.__name__)
+    problems, undecorated = [], []
     for attr, value in vars(module).items():
         if not callable(value):
             continue
         marked = hasattr(value, "speedrun_impl")
         if marked and attr not in valid and getattr(value, "__module__", None) != module.__name__:
-            raise SubmissionError(
-                f"{path}: {attr!r} is a hook implementation imported from {value.__module__}, and pluggy would "
-                f"register it as an unknown hook. Import its module instead (`from baselines.nanochat import "
-                f"submission as baseline`) and call `baseline.{value.__name__}(...)` inside your own hook."
+            problems.append(
+                f"{attr!r} is a hook implementation imported from {value.__module__}, and pluggy would register it "
+                f"as an unknown hook. Import its module instead (`from baselines.nanochat import submission as "
+                f"baseline`) and call `baseline.{value.__name__}(...)` inside your own hook."
             )
         if getattr(value, "__module__", None) != module.__name__:
             continue
         if marked and attr not in valid:
             close = difflib.get_close_matches(attr, valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise SubmissionError(
-                f"{path}: unknown hook {attr!r}.{hint} Valid hook names: {', '.join(valid)}. "
+            problems.append(
+                f"unknown hook {attr!r}.{hint} Valid hook names: {', '.join(valid)}. "
                 f"Rename the function (hooks are defined in harness/hookspecs.py)."
             )
         if not marked and attr in valid:
-            raise SubmissionError(
-                f"{path}: function {attr!r} has a hook's name but no @hookimpl decorator, so it would be "
-                f"ignored. Add `from harness import hookimpl` and decorate it with @hookimpl."
-            )
+            undecorated.append(attr)
+    if len(undecorated) == 1:
+        problems.append(
+            f"function {undecorated[0]!r} has a hook's name but no @hookimpl decorator, so it would be ignored. "
+            "Add `from harness import hookimpl` and decorate it with @hookimpl."
+        )
+    elif undecorated:
+        problems.append(
+            f"functions {', '.join(map(repr, undecorated))} have hooks' names but no @hookimpl decorator, so they "
+            "would be ignored. Add `from harness import hookimpl` and decorate each of them with @hookimpl."
+        )
+    if len(problems) == 1:
+        raise SubmissionError(f"{path}: {problems[0]}")
+    if problems:
+        raise SubmissionError(f"{path}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def trace_hooks(pm: pluggy.PluginManager) -> None:

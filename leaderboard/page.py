@@ -1,87 +1,86 @@
 """The static web page ``leaderboard/index.html``: one self-contained file, no server, no network.
 
 Written by ``python -m leaderboard render`` (``build_page``); open it straight from disk. It shows the
-record-track table (click a header to sort), a chart of record time against date, per-task CORE bars for
-a chosen entry and that entry's loss curves read from its runs' events logs, then the development board.
+record-track table (click a header to sort), record time against date, then two entries compared: their loss
+curves overlaid (against step or training time) and per-task CORE of B against A, then the development board.
 
-The page's markup, style and script live in ``templates/``; this module fills in the tables (pandas) and
-the data (JSON embedded in the page) computed by ``leaderboard.stats``.
+The page's markup, style and script live in ``templates/``; the charts are uPlot's, inlined by
+``harness.webpage`` (which also makes the embedded JSON and the template filling injection-proof). This module
+fills in the tables (pandas, HTML-escaped) and the data computed by ``leaderboard.stats``; curves are read from
+the runs' event logs by ``harness.curves``, as ``python -m harness.plot`` reads them.
 """
 
 from __future__ import annotations
 
-import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.curves import run_curves, thin
+from harness.webpage import CHARTS_JS, UPLOT_CSS, UPLOT_JS, escape, fill, script_json
 from leaderboard import stats
-from leaderboard.render import Judged, dev_frame, html_table, record_frame, rule_text
-from leaderboard.store import Entry
+from leaderboard.render import Judged, dev_frame, finite, html_table, record_frame, rule_text
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MAX_CURVE_POINTS = 400  # per run: enough to see the curve's shape, small enough to keep the page light
 
 
-def loss_curve(events: list[dict]) -> list[list[float]]:
-    """[[step, loss], ...] from the ``train_loss`` events (key = step), thinned to at most MAX_CURVE_POINTS."""
-    points = sorted(
-        (int(e["key"]), float(e["value"]))
-        for e in events
-        if e.get("event") == "train_loss"
-        and e.get("key") is not None
-        and isinstance(e.get("value"), int | float)
-        and math.isfinite(e["value"])  # a diverged run logs NaN: no point to draw
-    )
-    if len(points) > MAX_CURVE_POINTS:
-        stride = -(-len(points) // MAX_CURVE_POINTS)
-        points = points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
-    return [[step, round(loss, 6)] for step, loss in points]
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def _entry_data(j: Judged, board: str) -> dict:
-    e: Entry = j.entry
-    tasks = [
-        {
-            label: task["centered"]
-            for label, task in (run.record["metrics"].get("core_tasks") or {}).items()
-            if isinstance(task.get("centered"), int | float)
-        }
-        for run in e.runs
-    ]
+    e = j.entry
+    tasks = []
+    for run in e.runs:
+        per_task = (run.record.get("metrics") or {}).get("core_tasks") or {}
+        values = {str(label): finite(t.get("centered")) for label, t in per_task.items() if isinstance(t, dict)}
+        tasks.append({label: v for label, v in values.items() if v is not None})
+    curves = []
+    for run in e.runs:
+        points = thin(run_curves(run.record, run.events).loss, MAX_CURVE_POINTS)
+        curves.append({"seed": run.seed, "points": [[p.step, round(p.value, 6), _round(p.time_s, 3)] for p in points]})
+    core = j.assessment.core
     return {
         "id": f"{board}/{e.path.name}",
-        "label": f"{'' if board == 'record' else 'dev '}#{j.number} {e.meta['name']}",
-        "tasks": [
-            {"label": label, "mean": s.mean, "sd": None if s.sd != s.sd else s.sd}
-            for label, s in stats.task_means(tasks).items()
-        ],
-        "curves": [{"seed": run.seed, "points": loss_curve(run.events)} for run in e.runs],
+        "label": f"{'' if board == 'record' else 'dev '}#{j.number} {' '.join(str(e.meta['name']).split())}",
+        "core": None if core is None else core.mean,
+        "tasks": {label: s.mean for label, s in stats.task_means(tasks).items()},
+        "curves": curves,
     }
+
+
+def _unix(date: str) -> int | None:
+    try:
+        return int(datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC).timestamp())
+    except (TypeError, ValueError):
+        return None  # GPT-2 XL's bare year (2019, 168 h) has no day and would flatten the chart anyway
 
 
 def _history(record: list[Judged], reference: dict) -> list[dict]:
     """Points of the record-time chart: nanochat's dated history and every entry that set a record here."""
     points = [
-        {"date": row["date"], "time_h": row["time_h"], "label": f"#{i} {row['description']}", "kind": "reference"}
+        {"date": _unix(row["date"]), "time_h": row["time_h"], "label": f"#{i}", "kind": "reference"}
         for i, row in enumerate(reference["rows"])
-        if len(row["date"]) == 10  # GPT-2 XL (2019, 168 h) has no day and would flatten the chart
     ]
     points += [
-        {
-            "date": j.entry.meta["date"],
-            "time_h": j.assessment.time_h.mean,
-            "label": f"#{j.number} {j.entry.meta['name']}",
-            "kind": "record",
-        }
+        {"date": _unix(j.entry.meta["date"]), "time_h": j.assessment.time_h.mean, "label": f"#{j.number}",
+         "kind": "record"}
         for j in record
-        if j.assessment.beats_record
-    ]
-    return points
+        if j.assessment.beats_record and j.assessment.time_h is not None
+    ]  # fmt: skip
+    return [p for p in points if p["date"] is not None and math.isfinite(p["time_h"])]
 
 
-def _json_for_script(obj: object) -> str:
-    # "</" would end the <script> element early; "<\/" is the same string to JSON.
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+def _defaults(record: list[Judged], dev: list[Judged]) -> dict:
+    """The pair shown first: A the record in force (else the first entry), B the newest other entry."""
+    ids = [f"record/{j.entry.path.name}" for j in record] + [f"dev/{j.entry.path.name}" for j in dev]
+    holders = [f"record/{j.entry.path.name}" for j in record if j.assessment.beats_record]
+    a = holders[-1] if holders else (ids[0] if ids else None)
+    others = [i for i in ids if i != a]
+    newest_record = [i for i in others if i.startswith("record/")]
+    b = newest_record[-1] if newest_record else (others[-1] if others else a)
+    return {"a": a, "b": b}
 
 
 def build_page(record: list[Judged], dev: list[Judged], reference: dict) -> str:
@@ -89,16 +88,18 @@ def build_page(record: list[Judged], dev: list[Judged], reference: dict) -> str:
         "target": reference["target"]["core"],
         "history": _history(record, reference),
         "entries": [_entry_data(j, "record") for j in record] + [_entry_data(j, "dev") for j in dev],
+        "defaults": _defaults(record, dev),
     }
-    page = (TEMPLATES / "page.html").read_text(encoding="utf-8")
-    fills = {
-        "__STYLE__": (TEMPLATES / "page.css").read_text(encoding="utf-8"),
-        "__SCRIPT__": (TEMPLATES / "page.js").read_text(encoding="utf-8"),
-        "__DATA__": _json_for_script(data),
-        "__RULE__": rule_text(reference).replace("**", "").replace("`", ""),
-        "__RECORD_TABLE__": html_table(record_frame(record, reference), "record-table"),
-        "__DEV_TABLE__": html_table(dev_frame(dev), "dev-table"),
-    }
-    for key, value in fills.items():
-        page = page.replace(key, value)
-    return page
+    return fill(
+        (TEMPLATES / "page.html").read_text(encoding="utf-8"),
+        {
+            "STYLE": UPLOT_CSS + (TEMPLATES / "page.css").read_text(encoding="utf-8"),
+            "UPLOT_JS": UPLOT_JS,
+            "CHARTS_JS": CHARTS_JS,
+            "SCRIPT": (TEMPLATES / "page.js").read_text(encoding="utf-8"),
+            "DATA": script_json(data),
+            "RULE": escape(rule_text(reference).replace("**", "").replace("`", "")),
+            "RECORD_TABLE": html_table(record_frame(record, reference, markdown=False), "record-table"),
+            "DEV_TABLE": html_table(dev_frame(dev, markdown=False), "dev-table"),
+        },
+    )

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -59,16 +61,28 @@ def load_reference() -> dict:
 # Judging
 
 
+def finite(value: object) -> float | None:
+    """A number read from a record, or None when it is missing or not finite. Records written before strict JSON
+    may hold NaN or Infinity (Python's json reads them); strict records hold null and a ``non_finite`` note.
+    Either way the board shows the value as missing and renders."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
 def _metric(entry: Entry, key: str) -> list[float | None]:
-    return [run.record["metrics"].get(key) for run in entry.runs]
+    return [finite((run.record.get("metrics") or {}).get(key)) for run in entry.runs]
+
+
+def _times(entry: Entry) -> list[float | None]:
+    return [finite(run.record.get("training_time_s")) for run in entry.runs]
 
 
 def judge_record_track(entries: list[Entry], target: float, first_number: int) -> list[Judged]:
     judged: list[Judged] = []
     record: Judged | None = None
     for i, entry in enumerate(entries):
-        times = [run.record["training_time_s"] for run in entry.runs]
-        record_times = [r.record["training_time_s"] for r in record.entry.runs] if record else None
+        times = _times(entry)
+        record_times = _times(record.entry) if record else None
         a = stats.assess(times, _metric(entry, "core"), _metric(entry, "val_bpb"), target, record_times)
         item = Judged(entry, first_number + i, a, a.verdict, record.entry if record else None)
         if a.beats_record:
@@ -87,8 +101,7 @@ def judge_dev_board(entries: list[Entry], target: float) -> list[Judged]:
         partial = any(c is None for c in cores)
         if partial:
             cores = _metric(entry, "core_partial")
-        times = [run.record["training_time_s"] for run in entry.runs]
-        a = stats.assess(times, cores, _metric(entry, "val_bpb"), target)
+        a = stats.assess(_times(entry), cores, _metric(entry, "val_bpb"), target)
         why = sorted({c.name for run in entry.runs for c in record_track_checks(run.record) if not c.passed})
         status = f"development ({', '.join(why)})" if why else "development (record-eligible runs filed here)"
         judged.append(Judged(entry, i + 1, a, status, None, partial))
@@ -114,62 +127,90 @@ def _mean_sd(s: stats.Summary | None, digits: int, with_n: bool = False) -> str:
     return f"{text} (n={s.n})" if with_n else text
 
 
-def _cell_text(text: str) -> str:
-    """One line, and no '|' that would split a markdown cell."""
-    return " ".join(str(text).split()).replace("|", "\\|") or DASH
+def _cell_text(text: object) -> str:
+    """User text (names, descriptions, contributors) on one line; escaped later for markdown or HTML."""
+    return " ".join(str(text).split()) or DASH
 
 
-def _entry_row(j: Judged, link: str) -> dict:
+# User text in generated markdown shows as written: '\\' and '|' could split a table cell, '<' open an HTML comment or
+# tag (a fake '<!-- leaderboard:table:end -->' marker would break the next render), '&' an entity, and '*', '_',
+# '`', '~', '[', ']' format it ('__init__' would turn bold). Each is escaped; '_' only where it could format,
+# not inside a word (GFM never reads 'd24_baseline' as emphasis), so folder names stay readable in the source.
+MARKDOWN_SPECIAL = re.compile(r"[\\|*`~\[\]]|(?<![^\W_])_|_(?![^\W_])")
+MARKDOWN_ENTITIES = {"<": "&lt;", "&": "&amp;"}
+
+
+def md(text: object) -> str:
+    """``text`` as one line of markdown that shows as written, in a table cell or a list item."""
+    line = MARKDOWN_SPECIAL.sub(lambda m: "\\" + m.group(), _cell_text(text))
+    return re.sub("[<&]", lambda m: MARKDOWN_ENTITIES[m.group()], line)
+
+
+def _entry_row(j: Judged, link: str | None) -> dict:
+    """An entry's cells: markdown, with the description linking to ``link`` (its stats.md), when a link is given;
+    plain text for the web page (``html_table`` escapes it) when not."""
     meta = j.entry.meta
+    text = md if link else _cell_text
     core = _mean_sd(j.assessment.core, 4, with_n=True)
+    # The link is URL-quoted: an old entry's folder name may hold any character, a newline included.
+    description = f"{md(meta['description'])} ([stats]({quote(link)}))" if link else _cell_text(meta["description"])
     return {
         "#": str(j.number),
         "time (h)": _mean_sd(j.assessment.time_h, 3),
-        "CORE (mean ± sd, n)": f"{core} partial" if j.partial else core,
+        "CORE (mean ± sd, n)": f"{core} partial" if j.partial and core != DASH else core,
         "val_bpb": _mean_sd(j.assessment.val_bpb, 5),
-        "description": f"{_cell_text(meta['description'])} ([stats]({link}))",
-        "date": meta["date"],
-        "commit": (meta.get("commit") or DASH)[:10],
-        "contributors": _cell_text(", ".join(meta["contributors"])),
-        "status": _cell_text(j.status),
+        "description": description,
+        "date": text(meta["date"]),
+        "commit": text((meta.get("commit") or DASH)[:10]),
+        "contributors": text(", ".join(map(str, meta["contributors"]))),
+        "status": text(j.status),
     }
 
 
-def reference_frame(reference: dict) -> pd.DataFrame:
+def reference_frame(reference: dict, markdown: bool = True) -> pd.DataFrame:
+    text = md if markdown else _cell_text
     rows = [
         {
             "#": str(i),
             "time (h)": f"{row['time_h']:g}",
             "CORE (mean ± sd, n)": f"{row['core']:.4f} (reported)",
             "val_bpb": _num(row["val_bpb"], 5),
-            "description": _cell_text(row["description"]),
-            "date": row["date"],
+            "description": text(row["description"]),
+            "date": text(row["date"]),
             "commit": DASH,
-            "contributors": _cell_text(row["contributors"]),
-            "status": reference["status"],
+            "contributors": text(row["contributors"]),
+            "status": text(reference["status"]),
         }
         for i, row in enumerate(reference["rows"])
     ]
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
-def record_frame(judged: list[Judged], reference: dict) -> pd.DataFrame:
-    rows = [_entry_row(j, f"{TRACK_DIRS['record'].as_posix()}/{j.entry.path.name}/stats.md") for j in judged]
+def record_frame(judged: list[Judged], reference: dict, markdown: bool = True) -> pd.DataFrame:
+    """The record track's table: reference rows, then the entries. ``markdown``: cells escaped for a markdown
+    table and descriptions linking to stats.md; else plain text for the web page."""
+    rows = [
+        _entry_row(j, f"{TRACK_DIRS['record'].as_posix()}/{j.entry.path.name}/stats.md" if markdown else None)
+        for j in judged
+    ]
     ours = pd.DataFrame(rows, columns=RECORD_COLUMNS)
-    return pd.concat([reference_frame(reference), ours], ignore_index=True) if rows else reference_frame(reference)
+    ref = reference_frame(reference, markdown)
+    return pd.concat([ref, ours], ignore_index=True) if rows else ref
 
 
-def dev_frame(judged: list[Judged]) -> pd.DataFrame:
+def dev_frame(judged: list[Judged], markdown: bool = True) -> pd.DataFrame:
     rows = []
     for j in judged:
-        row = _entry_row(j, f"records/{j.entry.path.name}/stats.md")  # relative to dev/README.md
-        row["profile"] = ", ".join(sorted({run.record["profile"] for run in j.entry.runs}))
+        row = _entry_row(j, f"records/{j.entry.path.name}/stats.md" if markdown else None)  # from dev/README.md
+        profiles = ", ".join(sorted({str(run.record.get("profile")) for run in j.entry.runs}))
+        row["profile"] = md(profiles) if markdown else _cell_text(profiles)
         rows.append(row)
     return pd.DataFrame(rows, columns=DEV_COLUMNS)
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """A GitHub markdown table of string cells (pandas' to_markdown would need the tabulate package)."""
+    """A GitHub markdown table of ``df``, whose cells are markdown already (user text escaped with ``md``, so no
+    text splits a row or a cell). pandas' to_markdown would need the tabulate package."""
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
@@ -200,22 +241,23 @@ def rule_text(reference: dict) -> str:
 def stats_markdown(j: Judged, target: float) -> str:
     e, a = j.entry, j.assessment
     meta = e.meta
-    runs = pd.DataFrame(
-        [
+    rows = []
+    for run in e.runs:
+        rec, metrics, time_s = run.record, run.record.get("metrics") or {}, finite(run.record.get("training_time_s"))
+        rows.append(
             {
-                "seed": str(run.seed),
-                "status": run.record["status"],
-                "profile": run.record["profile"],
-                "time (h)": _num(run.record["training_time_s"] / 3600, 4),
-                "CORE": _num(run.record["metrics"].get("core"), 4),
-                "core_partial": _num(run.record["metrics"].get("core_partial"), 4),
-                "val_bpb": _num(run.record["metrics"].get("val_bpb"), 5),
-                "steps": str(run.record["steps_completed"]),
-                "started": run.record["started_at"],
+                "seed": md(run.seed),
+                "status": md(rec.get("status")),
+                "profile": md(rec.get("profile")),
+                "time (h)": _num(None if time_s is None else time_s / 3600, 4),
+                "CORE": _num(finite(metrics.get("core")), 4),
+                "core_partial": _num(finite(metrics.get("core_partial")), 4),
+                "val_bpb": _num(finite(metrics.get("val_bpb")), 5),
+                "steps": md(rec.get("steps_completed")),
+                "started": md(rec.get("started_at")),
             }
-            for run in e.runs
-        ]
-    )
+        )
+    runs = pd.DataFrame(rows)
     summary_rows = []
     for label, s, digits in (
         ("time (h)", a.time_h, 4),
@@ -232,14 +274,15 @@ def stats_markdown(j: Judged, target: float) -> str:
                     "95% CI": f"[{_num(s.ci_low, digits)}, {_num(s.ci_high, digits)}]",
                 }
             )
+    # Every line from entry.json is one escaped line (md): a description cannot add a list item or a heading.
     out = [
-        f"# {meta['name']} ({e.track} track)\n",
+        f"# {md(meta['name'])} ({e.track} track)\n",
         "Generated by `python -m leaderboard render` from the records in this folder; do not edit.\n",
-        f"- description: {meta['description']}",
-        f"- date: {meta['date']}; harness commit: {meta.get('commit') or DASH}; "
-        f"contributors: {', '.join(meta['contributors']) or DASH}",
-        f"- submission: {meta['submission']} (source digest `{meta['source_digest']}`)",
-        f"- status: {j.status}\n",
+        f"- description: {md(meta['description'])}",
+        f"- date: {md(meta['date'])}; harness commit: {md(meta.get('commit') or DASH)}; "
+        f"contributors: {md(', '.join(map(str, meta['contributors'])))}",
+        f"- submission: {md(meta['submission'])} (source digest {md(meta['source_digest'])})",
+        f"- status: {md(j.status)}\n",
         "## Runs\n",
         markdown(runs),
         "## Summary (mean, sample sd, 95% t-interval)\n",
@@ -256,7 +299,7 @@ def stats_markdown(j: Judged, target: float) -> str:
         else:
             h = 1 / 3600
             out.append(
-                f"Record: {j.against.meta['name']} ({j.against.path.name}). Welch's t-test on training time, "
+                f"Record: {md(j.against.meta['name'])} ({md(j.against.path.name)}). Welch's t-test on training time, "
                 f"record minus this entry: difference {_num(c.diff * h, 4)} h, 95% CI [{_num(c.diff_ci_low * h, 4)}, "
                 f"{_num(c.diff_ci_high * h, 4)}] h, t = {_num(c.t, 3)}, df = {_num(c.df, 1)}, p (this entry "
                 f"faster, one-sided) = {_pval(c.p_greater)}, p (two-sided) = {_pval(c.p_value)}. Speedup "
@@ -303,6 +346,5 @@ def render(root: str | Path = PACKAGE_DIR) -> list[Path]:
 
 
 def html_table(df: pd.DataFrame, table_id: str) -> str:
-    """The same table for the web page; cells escaped, markdown links reduced to their text."""
-    clean = df.map(lambda v: str(v).replace("\\|", "|").split(" ([stats](")[0])
-    return clean.to_html(index=False, escape=True, table_id=table_id, classes="board", border=0)
+    """A table for the web page (a frame built with ``markdown=False``); every cell HTML-escaped."""
+    return df.to_html(index=False, escape=True, table_id=table_id, classes="board", border=0)

@@ -136,8 +136,8 @@ def _loss(step: int, seed: int) -> float:
 
 
 def write_run(run_dir: str | Path, record: dict, *, killed: bool = False) -> Path:
-    """Write record.json and an events.jsonl with a train_loss event every 5 steps; ``killed`` leaves a
-    half-written last line, as a run killed mid-write does."""
+    """Write record.json and an events.jsonl with a train_loss event every 5 steps and the steps' times;
+    ``killed`` leaves a half-written last line, as a run killed mid-write does."""
     run_dir = Path(run_dir)
     atomic_write_json(run_dir / "record.json", record)
     seed, steps = record["run"]["seed"], record["steps_completed"]
@@ -146,7 +146,10 @@ def write_run(run_dir: str | Path, record: dict, *, killed: bool = False) -> Pat
         {"time": 1.0e9 + s, "t": float(s), "event": "train_loss", "key": str(s), "value": _loss(s, seed)}
         for s in range(0, steps, 5)
     ]
-    events.append({"time": 1.0e9 + steps, "t": float(steps), "event": "run_stop", "key": None, "value": "finished"})
+    step_s = record["training_time_s"] / steps  # every step equally long: the training time the record states
+    end = {"time": 1.0e9 + steps, "t": float(steps)}
+    events.append({**end, "event": "step_times", "key": 0, "value": [step_s] * steps})
+    events.append({**end, "event": "run_stop", "key": None, "value": "finished"})
     text = "".join(json.dumps(e) + "\n" for e in events)
     atomic_write_text(run_dir / "events.jsonl", text + ('{"time": 1.0e9, "ev' if killed else ""))
     return run_dir

@@ -174,12 +174,12 @@ def _fieller(
 class Assessment:
     """Everything the board shows about one entry, and its verdict under the acceptance rule.
 
-    time_h, core and val_bpb summarise the runs that have the value (a missing CORE or val_bpb is left out,
-    so n can differ per metric). vs_record compares the record's times (a) with this entry's (b), so its
-    ratio is the speedup and p_greater the one-sided p-value that this entry is faster.
+    time_h, core and val_bpb summarise the runs that have the value (a missing time, CORE or val_bpb is left
+    out, so n can differ per metric; None when no run has it). vs_record compares the record's times (a) with
+    this entry's (b), so its ratio is the speedup and p_greater the one-sided p-value that this entry is faster.
     """
 
-    time_h: Summary
+    time_h: Summary | None
     core: Summary | None
     val_bpb: Summary | None
     core_t: float
@@ -191,28 +191,33 @@ class Assessment:
 
 
 def assess(
-    times_s: Sequence[float],
+    times_s: Sequence[float | None],
     cores: Sequence[float | None],
     val_bpbs: Sequence[float | None],
     target: float,
     record_times_s: Sequence[float] | None = None,
 ) -> Assessment:
-    """Apply the acceptance rule to one entry's runs.
+    """Apply the acceptance rule to one entry's runs (one value per run in each sequence; None: missing).
 
     record_times_s: training times of the record in force when this entry was filed; None for the first entry
-    of a track, which then only has to clear the CORE part of the rule.
+    of a track, which then only has to clear the CORE part of the rule. A run missing its time or its CORE
+    keeps the entry from qualifying.
     """
-    time_h = summarize([t / 3600 for t in times_s])
+    present_time = [t for t in times_s if t is not None]
     present_core = [c for c in cores if c is not None]
     present_bpb = [v for v in val_bpbs if v is not None]
+    time_h = summarize([t / 3600 for t in present_time]) if present_time else None
     core = summarize(present_core) if present_core else None
     val_bpb = summarize(present_bpb) if present_bpb else None
     core_t, core_p = one_sample_greater(present_core, target) if present_core else (NAN, NAN)
-    vs_record = compare_samples(record_times_s, times_s) if record_times_s is not None else None
+    compared = record_times_s is not None and present_time
+    vs_record = compare_samples(record_times_s, present_time) if compared else None
 
     n = len(times_s)
     if n < MIN_RUNS:
         verdict, qualifies = f"needs {MIN_RUNS} runs, has {n}", False
+    elif len(present_time) < n:
+        verdict, qualifies = f"training time missing in {n - len(present_time)} of {n} runs", False
     elif len(present_core) < n:
         verdict, qualifies = f"CORE missing in {n - len(present_core)} of {n} runs", False
     elif not core_p < ALPHA:

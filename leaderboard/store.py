@@ -25,21 +25,20 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.clock import read_events as harness_read_events
-from harness.fileio import atomic_write_json, atomic_write_text, file_lock, sha256_file
+from harness.fileio import atomic_write_json, atomic_write_text, file_lock, sha256_file, temp_dir
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TRACKS = ("record", "dev")
 TRACK_DIRS = {"record": Path("records"), "dev": Path("dev") / "records"}
 RECORD_PROFILE = "8xh100"
 PINNED = ("data", "tokenizer", "eval_bundle")  # record sections whose digest the record track pins
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch: "$" would accept a final "\n"
 RUN_FILES = ("record.json", "events.jsonl")
 
 
@@ -347,7 +346,7 @@ def add_entry(
         good = [run for run in runs if isinstance(run, Run)]  # all of them: every run passed "readable"
         first = good[0].record
         name = name or first["submission"]["name"]
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise LeaderboardError(f"name {name!r}: use letters, digits, '.', '_' or '-' (at most 64); pass --name")
         text = _writeup(first, writeup, track)
         date = min(_started(r.record) for r in good).strftime("%Y-%m-%d")
@@ -369,7 +368,7 @@ def add_entry(
             "runs": [],
         }
         track_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=track_dir, prefix=f".{dest.name}."))
+        tmp = temp_dir(track_dir, prefix=f".{dest.name}.")  # with the umask's permissions: the store is shared
         try:
             for run in sorted(good, key=lambda r: r.seed):
                 sub = f"seed-{run.seed}"
@@ -381,7 +380,6 @@ def add_entry(
                 meta["runs"].append({"dir": sub, "seed": run.seed, "files": files})
             atomic_write_text(tmp / "writeup.md", text)
             atomic_write_json(tmp / "entry.json", meta)
-            tmp.chmod(0o755)  # mkdtemp makes it private; the store is shared
             os.rename(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Shared fixtures: where the shared eval bundle is, and one harness cache per test session."""
+"""Shared fixtures: where the shared eval bundle is, one harness cache per test session, a headless Chromium."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_browser import CHROMIUM, CHROMIUM_ARGS
 from helpers_evals import BUNDLE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +52,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """The system Chromium, headless, through Playwright (tests/helpers_browser.py); skips when either is absent."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
+    if CHROMIUM is None:
+        pytest.skip("no system Chromium: apt-get install -y chromium (or set $CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -92,11 +92,38 @@ def test_an_unpinned_file_is_pinned_by_its_first_seen_digest(tmp_path):
         resolve_bundle(root)
 
 
-def test_a_folder_without_a_bundle_says_how_to_fix_it(tmp_path, monkeypatch):
-    with pytest.raises(BundleError, match="no CORE eval bundle at .*SPEEDRUN_EVAL_BUNDLE"):
-        resolve_bundle(tmp_path)
+def test_a_folder_without_a_bundle_says_how_to_point_at_one_or_skip_core(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BundleError) as err:
+        resolve_bundle(empty)
+    assert str(err.value) == (
+        f"no CORE eval bundle at {empty} (core.yaml not found); pass the folder that holds core.yaml, "
+        "eval_meta_data.csv and eval_data/ (harness.run --eval-bundle DIR or $SPEEDRUN_EVAL_BUNDLE), or run "
+        f"without CORE (harness.run --no-core); without a path the bundle is downloaded into the cache "
+        f"({tmp_path / 'cache' / 'eval_bundle'})"
+    )  # and no advice to unset SPEEDRUN_EVAL_BUNDLE, which is not set
+
+
+def test_a_wrong_speedrun_eval_bundle_is_named_as_the_source_of_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEEDRUN_EVAL_BUNDLE", str(tmp_path))
+    with pytest.raises(BundleError) as err:
+        resolve_bundle()
+    assert str(err.value).endswith(
+        "; SPEEDRUN_EVAL_BUNDLE names it: correct it, or unset it to download the bundle into the cache"
+    )
     monkeypatch.setenv("SPEEDRUN_EVAL_BUNDLE", str(BUNDLE))
     assert resolve_bundle().root == BUNDLE
+
+
+def test_the_parent_of_a_bundle_folder_is_pointed_to_its_eval_bundle_subfolder(tmp_path):
+    small_copy(tmp_path / "downloads" / "eval_bundle")
+    with pytest.raises(BundleError) as err:
+        resolve_bundle(tmp_path / "downloads")
+    assert str(err.value) == (
+        f"no CORE eval bundle at {tmp_path / 'downloads'} (core.yaml not found); "
+        f"{tmp_path / 'downloads' / 'eval_bundle'} holds one: pass {tmp_path / 'downloads' / 'eval_bundle'}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,8 +198,13 @@ def test_a_failed_download_names_the_url_and_the_fix(monkeypatch):
     url = server.url
     server.close()  # nothing listens there any more
     monkeypatch.setenv("SPEEDRUN_EVAL_BUNDLE_URL", url)
-    with pytest.raises(BundleError, match="could not download .*SPEEDRUN_EVAL_BUNDLE"):
+    with pytest.raises(BundleError) as err:
         resolve_bundle()
+    assert str(err.value).startswith(f"could not download the CORE eval bundle from {url} (")
+    assert str(err.value).endswith(
+        "; point to a local copy of the bundle folder (harness.run --eval-bundle DIR or $SPEEDRUN_EVAL_BUNDLE), or "
+        "set SPEEDRUN_EVAL_BUNDLE_URL to a mirror of the zip, or run without CORE (harness.run --no-core)"
+    )
 
 
 def test_a_download_that_is_not_a_zip_is_refused(tmp_path, monkeypatch):

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from leaderboard import stats
-from leaderboard.page import MAX_CURVE_POINTS, loss_curve
 from leaderboard.render import load_reference, render, rule_text
 from leaderboard.samples import new_board, sample_record, write_run
 from leaderboard.store import PACKAGE_DIR, LeaderboardError, add_entry
@@ -120,13 +119,3 @@ def test_the_committed_readme_is_what_render_makes_of_the_committed_records(tmp_
     assert (copy / "index.html").read_bytes() == (PACKAGE_DIR / "index.html").read_bytes()
     assert rule_text(load_reference()) in (PACKAGE_DIR / "README.md").read_text()
     assert f"at least **{stats.MIN_RUNS}** runs" in (PACKAGE_DIR / "README.md").read_text()
-
-
-def test_loss_curves_leave_out_nan_losses_and_thin_long_logs_keeping_both_ends():
-    loss = {s: float("nan") if s == 3 else 1.0 / (s + 1) for s in range(1001)}  # step 3 diverged
-    events = [{"event": "train_loss", "key": s, "value": v} for s, v in loss.items()]
-    events.append({"event": "val_bpb", "key": 1000, "value": 1.5})  # other events are not loss points
-    curve = loss_curve(events)
-    steps = [step for step, _ in curve]
-    assert len(curve) <= MAX_CURVE_POINTS and steps[0] == 0 and steps[-1] == 1000 and 3 not in steps
-    assert steps == sorted(steps) and curve[-1][1] == pytest.approx(1.0 / 1001)

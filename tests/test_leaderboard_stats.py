@@ -179,3 +179,11 @@ def test_a_faster_entry_inside_the_margin_does_not_beat_the_record():
 def test_an_entry_no_faster_than_the_record_does_not_beat_it():
     a = stats.assess(RECORD_TIMES[:5], GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
     assert not a.beats_record and a.verdict.startswith("not faster than the record")
+
+
+def test_an_entry_missing_a_training_time_is_summarised_without_it_and_does_not_qualify():
+    a = stats.assess([*NEW_TIMES[:4], None], GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
+    assert not a.qualifies and not a.beats_record
+    assert a.verdict == "training time missing in 1 of 5 runs"
+    assert a.time_h.n == 4 and a.time_h.mean == pytest.approx(np.mean(NEW_TIMES[:4]) / 3600)
+    assert stats.assess([None, None], [None, None], [None, None], TARGET).time_h is None

@@ -90,6 +90,31 @@ def test_hook_named_function_without_decorator_is_rejected(tmp_path):
         load_submission(str(folder))
 
 
+def test_every_hook_function_without_decorator_is_named_in_one_error(tmp_path):
+    body = "def build_model(run):\n    return None\n\ndef train_step(model, batches):\n    return None\n\n"
+    body += "def build_schedule(optimizer, plan):\n    return None\n"
+    folder = write_submission(tmp_path / "three_undecorated", body)
+    with pytest.raises(SubmissionError) as err:
+        load_submission(str(folder))
+    assert str(err.value) == (
+        f"{folder / 'submission.py'}: functions 'build_model', 'train_step', 'build_schedule' have hooks' names but "
+        "no @hookimpl decorator, so they would be ignored. Add `from harness import hookimpl` and decorate each of "
+        "them with @hookimpl."
+    )
+
+
+def test_a_misspelt_hook_and_a_missing_decorator_are_both_reported(tmp_path):
+    body = "from harness import hookimpl\n\n@hookimpl\ndef build_optimiser(model):\n    return None\n\n"
+    body += "def build_model(run):\n    return None\n"
+    folder = write_submission(tmp_path / "two_problems", body)
+    with pytest.raises(SubmissionError) as err:
+        load_submission(str(folder))
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{folder / 'submission.py'}: 2 problems:"
+    assert lines[1].startswith("  - unknown hook 'build_optimiser'. Did you mean 'build_optimizer'?")
+    assert lines[2].startswith("  - function 'build_model' has a hook's name but no @hookimpl decorator")
+
+
 def test_a_hook_implementation_imported_under_another_name_is_rejected_with_the_fix(tmp_path):
     folder = write_submission(
         tmp_path / "aliased",
@@ -127,6 +152,30 @@ def test_unknown_submission_names_the_ways_to_fix_it(tmp_path):
         load_submission("no_such_submission_anywhere")
     with pytest.raises(SubmissionError, match="has no submission.py"):
         load_submission(str(tmp_path))
+
+
+def test_a_repository_path_given_from_another_directory_names_the_path_to_pass(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SubmissionError) as err:
+        load_submission("submissions/climbmix")
+    assert str(err.value) == (
+        f"no folder 'submissions/climbmix' in the current directory {tmp_path} (a relative path is read from "
+        f"there); the repository's submissions/climbmix is {REPO / 'submissions' / 'climbmix'}: pass that path, "
+        f"or run the command from {REPO}"
+    )
+
+
+def test_a_path_that_exists_nowhere_is_named_with_an_example_that_works_from_here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SubmissionError) as err:
+        load_submission("submissions/no_such_idea")
+    assert str(err.value) == (
+        f"no folder 'submissions/no_such_idea' (looked in {tmp_path / 'submissions' / 'no_such_idea'}); pass the "
+        f"path of a folder that holds submission.py, such as {REPO / 'submissions' / 'climbmix'}"
+    )
+    monkeypatch.chdir(REPO)  # from the repository root the example is the short relative path
+    with pytest.raises(SubmissionError, match=r"such as submissions/climbmix$"):
+        load_submission("submissions/no_such_idea")
 
 
 def test_entry_point_submission_loads_by_name():

@@ -1,16 +1,10 @@
-// Behaviour of leaderboard/index.html (inlined by leaderboard/page.py): sortable tables and SVG charts drawn
-// from the JSON in <script id="board-data">. No libraries and no network: the page works from disk.
+// Behaviour of leaderboard/index.html (inlined by leaderboard/page.py after uPlot and charts.js): sortable tables,
+// record time against date, and two entries compared (loss curves overlaid, per-task CORE of B against A), all
+// drawn from the JSON in <script id="board-data">. Text from entries is set as text (textContent), never as HTML.
 "use strict";
 
 const DATA = JSON.parse(document.getElementById("board-data").textContent);
-const SVG = "http://www.w3.org/2000/svg";
-
-function el(tag, attrs, text) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+const A_COLOR = "#1f77b4", B_COLOR = "#ff7f0e";
 
 // ---- sortable tables: numbers sort as numbers ("1.650 ± 0.003" by 1.650), "-" always last
 function sortKey(text) {
@@ -40,104 +34,121 @@ function makeSortable(table) {
   });
 }
 
-// ---- axes helper: a linear scale from [lo, hi] to [a, b]
-function scale(lo, hi, a, b) {
-  const span = hi - lo || 1;
-  return (x) => a + ((x - lo) / span) * (b - a);
-}
-
-function axes(svg, x0, y0, x1, y1, yLo, yHi, yLabel) {
-  svg.appendChild(el("line", { x1: x0, y1: y1, x2: x1, y2: y1, stroke: "#999" }));
-  svg.appendChild(el("line", { x1: x0, y1: y0, x2: x0, y2: y1, stroke: "#999" }));
-  const y = scale(yLo, yHi, y1, y0);
-  for (let i = 0; i <= 4; i++) {
-    const v = yLo + ((yHi - yLo) * i) / 4;
-    svg.appendChild(el("text", { x: x0 - 6, y: y(v) + 4, "text-anchor": "end" }, v.toPrecision(3)));
-  }
-  svg.appendChild(el("text", { x: x0, y: y0 - 8 }, yLabel));
-  return y;
-}
-
+// ---- record time against date: every dated point on one line, nanochat's and ours marked apart
 function drawHistory() {
-  const box = document.getElementById("history");
-  const points = DATA.history.map((p) => ({ ...p, t: Date.parse(p.date) })).sort((a, b) => a.t - b.t);
-  if (!points.length) { box.innerHTML = '<p class="empty">no dated records</p>'; return; }
-  const W = 760, H = 300, svg = el("svg", { width: W, height: H, role: "img", "aria-label": "record time by date" });
-  const tLo = points[0].t, tHi = points[points.length - 1].t;
-  const hs = points.map((p) => p.time_h);
-  const yLo = 0, yHi = Math.max(...hs) * 1.1;
-  const y = axes(svg, 60, 30, W - 20, H - 40, yLo, yHi, "hours on 8xH100");
-  const x = scale(tLo - 86400e3, tHi + 86400e3, 60, W - 100);  // room on the right for the last label
-  let path = "";
-  points.forEach((p, i) => { path += `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p.time_h).toFixed(1)}`; });
-  svg.appendChild(el("path", { d: path, fill: "none", stroke: "#bbb" }));
-  for (const p of points) {
-    const c = el("circle", { cx: x(p.t), cy: y(p.time_h), r: 5, fill: p.kind === "reference" ? "#999" : "#d62728",
-      class: `point ${p.kind}` });
-    c.appendChild(el("title", {}, `${p.label}: ${p.time_h.toFixed(3)} h (${p.date})`));
-    svg.appendChild(c);
-    svg.appendChild(el("text", { x: x(p.t) + 6, y: y(p.time_h) - 6 }, p.date));
+  const points = DATA.history.slice().sort((a, b) => a.date - b.date);
+  const kind = (k) => points.filter((p) => p.kind === k);
+  const dots = (k, label, color) => ({ label, color, dots: true, points: kind(k).map((p) => [p.date, p.time_h]),
+    tags: kind(k).map((p) => p.label) });
+  lineChart(document.getElementById("history"), [
+    { label: "record time", color: "#bbb", points: points.map((p) => [p.date, p.time_h]) },
+    dots("reference", "reported by nanochat", "#888"),
+    dots("record", "set here", "#d62728"),
+  ], { x: "date", y: "training time (h on 8xH100)", dates: true, yZero: true, empty: "no dated records" });
+}
+
+// ---- two entries compared
+const byId = (id) => DATA.entries.find((e) => e.id === id);
+const fmt = (x, digits) => (x === null || x === undefined ? "-" : x.toFixed(digits));
+
+function drawCurves(a, b, against) {
+  const runs = [[a, "A", A_COLOR, undefined], [b, "B", B_COLOR, [6, 4]]];
+  const times = runs.flatMap(([e]) => e.curves.flatMap((c) => c.points.map((p) => p[2]))).filter((t) => t !== null);
+  const unit = timeUnit(Math.max(0, ...times));
+  const lines = [];
+  for (const [entry, side, color, dash] of runs) {
+    for (const c of entry.curves) {
+      const usable = against === "step" ? c.points : c.points.filter((p) => p[2] !== null);
+      const xy = (p) => [against === "step" ? p[0] : p[2] / unit.seconds, p[1]];
+      lines.push({ label: `${side} seed ${c.seed}`, color, dash, points: usable.map(xy) });
+    }
   }
-  svg.appendChild(el("circle", { cx: W - 250, cy: 18, r: 5, fill: "#999" }));
-  svg.appendChild(el("text", { x: W - 242, y: 22 }, "reported by nanochat"));
-  svg.appendChild(el("circle", { cx: W - 80, cy: 18, r: 5, fill: "#d62728" }));
-  svg.appendChild(el("text", { x: W - 72, y: 22 }, "set here"));
-  box.replaceChildren(svg);
+  lineChart(document.getElementById("curves"), lines, {
+    x: against === "step" ? "step" : `training time (${unit.name})`, steps: against === "step", xZero: true,
+    y: "training loss",
+    empty: against === "step" ? "no train_loss events in these logs" : "no step times in these logs",
+  });
 }
 
-function drawTasks(entry) {
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+function diffBar(td, diff, scale) {
+  const box = document.createElement("div");
+  box.className = "diff";
+  const axis = document.createElement("div");
+  axis.className = "axis";
+  box.appendChild(axis);
+  if (diff !== null && scale > 0) {
+    const bar = document.createElement("div");
+    bar.className = diff >= 0 ? "better" : "worse";
+    bar.style.width = `${(50 * Math.abs(diff)) / scale}%`;
+    bar.title = `B - A = ${diff >= 0 ? "+" : ""}${diff.toFixed(4)}`;
+    box.appendChild(bar);
+  }
+  td.appendChild(box);
+}
+
+function drawTasks(a, b) {
   const box = document.getElementById("tasks");
-  if (!entry || !entry.tasks.length) { box.innerHTML = '<p class="empty">no per-task CORE in these records</p>'; return; }
-  const row = 18, W = 760, H = 30 + row * entry.tasks.length;
-  const svg = el("svg", { width: W, height: H, role: "img", "aria-label": "CORE per task" });
-  const vals = entry.tasks.map((t) => t.mean);
-  const lo = Math.min(0, ...vals), hi = Math.max(0.01, ...vals);
-  const x = scale(lo, hi, 260, W - 60);
-  svg.appendChild(el("line", { x1: x(0), y1: 10, x2: x(0), y2: H - 10, stroke: "#999" }));
-  entry.tasks.forEach((t, i) => {
-    const top = 15 + i * row;
-    svg.appendChild(el("text", { x: 250, y: top + 12, "text-anchor": "end" }, t.label));
-    const bar = el("rect", { x: Math.min(x(0), x(t.mean)), y: top + 2, width: Math.abs(x(t.mean) - x(0)),
-      height: row - 5, fill: "#1f77b4", class: "task-bar" });
-    bar.appendChild(el("title", {}, `${t.label}: ${t.mean.toFixed(4)}${t.sd === null ? "" : " ± " + t.sd.toFixed(4)}`));
-    svg.appendChild(bar);
-    svg.appendChild(el("text", { x: Math.max(x(0), x(t.mean)) + 4, y: top + 12 }, t.mean.toFixed(3)));
+  const labels = Array.from(new Set([...Object.keys(a.tasks), ...Object.keys(b.tasks)])).sort();
+  if (!labels.length) { box.replaceChildren(emptyNote("no per-task CORE in these records")); return; }
+  const value = (e, label) => (label in e.tasks ? e.tasks[label] : null);
+  const diffs = labels.map((l) => (value(a, l) === null || value(b, l) === null ? null : value(b, l) - value(a, l)));
+  const scale = Math.max(0, ...diffs.filter((d) => d !== null).map(Math.abs));
+  const table = document.createElement("table");
+  table.className = "tasks";
+  const head = table.createTHead().insertRow();
+  for (const title of ["task", `A: ${a.label}`, `B: ${b.label}`, "B - A", "B against A (green: B higher)"]) {
+    const th = document.createElement("th");
+    th.textContent = title;
+    head.appendChild(th);
+  }
+  const body = table.createTBody();
+  labels.forEach((label, i) => {
+    const row = body.insertRow();
+    row.className = "task";
+    cell(row, label);
+    cell(row, fmt(value(a, label), 4), "num");
+    cell(row, fmt(value(b, label), 4), "num");
+    cell(row, diffs[i] === null ? "-" : `${diffs[i] >= 0 ? "+" : ""}${diffs[i].toFixed(4)}`, "num");
+    diffBar(cell(row, "", "bar"), diffs[i], scale);
   });
-  box.replaceChildren(svg);
-}
-
-const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
-
-function drawCurves(entry) {
-  const box = document.getElementById("curves");
-  const curves = entry ? entry.curves.filter((c) => c.points.length) : [];
-  if (!curves.length) { box.innerHTML = '<p class="empty">no train_loss events in these logs</p>'; return; }
-  const W = 760, H = 300, svg = el("svg", { width: W, height: H, role: "img", "aria-label": "training loss" });
-  const all = curves.flatMap((c) => c.points);
-  const steps = all.map((p) => p[0]), losses = all.map((p) => p[1]);
-  const y = axes(svg, 60, 30, W - 20, H - 40, Math.min(...losses), Math.max(...losses), "loss");
-  const x = scale(Math.min(...steps), Math.max(...steps), 60, W - 20);
-  svg.appendChild(el("text", { x: W - 20, y: H - 10, "text-anchor": "end" }, `step (max ${Math.max(...steps)})`));
-  curves.forEach((c, i) => {
-    const d = c.points.map((p, k) => `${k ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join("");
-    const line = el("path", { d, fill: "none", stroke: COLORS[i % COLORS.length], class: "loss-curve" });
-    line.appendChild(el("title", {}, `seed ${c.seed}`));
-    svg.appendChild(line);
-  });
-  box.replaceChildren(svg);
+  const total = table.createTFoot().insertRow();
+  const coreDiff = a.core === null || b.core === null ? null : b.core - a.core;
+  cell(total, `CORE (mean over runs; target ${DATA.target})`);
+  cell(total, fmt(a.core, 4), "num");
+  cell(total, fmt(b.core, 4), "num");
+  cell(total, coreDiff === null ? "-" : `${coreDiff >= 0 ? "+" : ""}${coreDiff.toFixed(4)}`, "num");
+  cell(total, "");
+  box.replaceChildren(table);
 }
 
 function main() {
   document.querySelectorAll("table.board").forEach(makeSortable);
   drawHistory();
-  const select = document.getElementById("entry-select");
-  for (const e of DATA.entries) select.appendChild(new Option(e.label, e.id));
+  const selectA = document.getElementById("entry-a"), selectB = document.getElementById("entry-b");
+  const against = document.getElementById("curve-x");
+  if (!DATA.entries.length) {
+    document.getElementById("curves").replaceChildren(emptyNote("no entries yet"));
+    document.getElementById("tasks").replaceChildren(emptyNote("no entries yet"));
+    return;
+  }
+  for (const select of [selectA, selectB]) {
+    for (const e of DATA.entries) select.appendChild(new Option(e.label, e.id));
+  }
+  selectA.value = DATA.defaults.a;
+  selectB.value = DATA.defaults.b;
   const show = () => {
-    const entry = DATA.entries.find((e) => e.id === select.value);
-    drawTasks(entry);
-    drawCurves(entry);
+    const a = byId(selectA.value), b = byId(selectB.value);
+    drawCurves(a, b, against.value);
+    drawTasks(a, b);
   };
-  select.addEventListener("change", show);
+  for (const control of [selectA, selectB, against]) control.addEventListener("change", show);
   show();
 }
 
