@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from harness.fileio import atomic_write_json, sha256_file
+from harness.fileio import atomic_write_json, sha256_file, temp_dir
 
 MODEL_DIR = "model"
 PROGRAM_FILE = "model.pt2"
@@ -31,7 +30,7 @@ class CheckpointError(Exception):
 def _write_dir(final: Path, write_files) -> Path:
     """Write files into a temporary sibling directory, add meta.json with their digests, rename into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = temp_dir(final.parent, prefix=f".{final.name}.")
     try:
         meta = write_files(tmp)
         meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}

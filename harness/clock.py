@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from harness.fileio import strict_json
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -46,7 +48,7 @@ class EventLog:
             return
         t = (time.monotonic() if at is None else at) - self.start
         line = {"time": round(self.wall_start + t, 4), "t": round(t, 4), "event": event, "key": key, "value": value}
-        self.file.write(json.dumps(line) + "\n")
+        self.file.write(strict_json(line) + "\n")
         self.file.flush()  # a line at a time: a killed run leaves at most one partial last line
 
     def close(self) -> None:

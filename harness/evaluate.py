@@ -53,7 +53,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} {value}: pass a positive number")
     if args.val_file is not None and not args.val_file.is_file():
         p.error(f"--val-file {args.val_file}: no such file; pass the dataset's validation shard")
+    args.program = program_path(args.model)
+    if not args.program.is_file():
+        p.error(f"no exported model at {args.program}; pass a run directory that harness.run wrote (its --out)")
     return args
+
+
+def program_path(model: Path) -> Path:
+    """The program file of a run directory, its model/ folder, or the file itself."""
+    from harness.checkpoint import MODEL_DIR, PROGRAM_FILE
+
+    if (model / MODEL_DIR).is_dir():
+        model = model / MODEL_DIR
+    return model / PROGRAM_FILE if model.is_dir() else model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     from evals.bpb import evaluate_bpb
     from evals.bundle import BundleError, load_bundle
     from evals.core import DEFAULT_BATCH_TOKENS, evaluate_core
-    from harness.checkpoint import MODEL_DIR, PROGRAM_FILE
     from harness.export import ExportError, load_program
     from harness.fileio import atomic_write_json, atomic_write_text, sha256_file
     from harness.loader import validation_rows
@@ -71,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.tokenizer import Tokenizer
 
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
-    program_path = args.model
-    if (program_path / MODEL_DIR).is_dir():
-        program_path = program_path / MODEL_DIR
-    if program_path.is_dir():
-        program_path = program_path / PROGRAM_FILE
+    program_path = args.program
     tokenizer_path = args.tokenizer or program_path.parent.parent / "tokenizer.json"
     result: dict = {}
     try:

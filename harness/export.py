@@ -30,9 +30,18 @@ from harness.fileio import sha256_file
 
 ALLOWED_NAMESPACES = ("aten", "prims")
 # Python functions the exporter emits for arithmetic on symbolic sizes (dynamic shapes).
-ALLOWED_FUNCTIONS = {getattr(operator, name) for name in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
-                     "pow", "eq", "ne", "lt", "le", "gt", "ge", "getitem")} | {math.ceil, math.floor, math.sqrt,
-                     torch.sym_max, torch.sym_min, torch.sym_float, torch.sym_int, torch.sym_sqrt, torch.sym_not}  # fmt: skip
+SIZE_OPERATORS = ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq", "ne", "lt", "le", "gt", "ge")
+ALLOWED_FUNCTIONS = {getattr(operator, name) for name in (*SIZE_OPERATORS, "getitem")} | {
+    math.ceil,
+    math.floor,
+    math.sqrt,
+    torch.sym_max,
+    torch.sym_min,
+    torch.sym_float,
+    torch.sym_int,
+    torch.sym_sqrt,
+    torch.sym_not,
+}
 EXPORT_FIX = (
     "The harness evaluates the trained model as a torch.export program: model(inputs) must trace with plain "
     "tensors in and logits out (no data-dependent Python control flow on tensor values, no custom ops); "
@@ -107,8 +116,10 @@ def load_program(path: Path, sha256: str, device: str = "cpu") -> Program:
     try:
         with _tensors_only():
             program = torch.export.load(path)
-    except (ExportError, pickle.UnpicklingError) as exc:
-        raise ExportError(f"{path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in zipfile, json, torch or here
+        raise ExportError(
+            f"{path} is not a torch.export program the referee runs: {type(exc).__name__}: {exc}"
+        ) from None
     check_operators(program, path)
     return Program(program, device)
 

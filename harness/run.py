@@ -44,7 +44,14 @@ from harness.fileio import atomic_write_json, file_lock
 from harness.guard import check_free_space
 from harness.loader import validation_rows
 from harness.plugins import SubmissionError, describe_folder, locate_submission
-from harness.record import REPO_ROOT, harness_digest, harness_provenance, record_sha256, write_record
+from harness.record import (
+    REPO_ROOT,
+    harness_digest,
+    harness_provenance,
+    record_digest_problem,
+    record_sha256,
+    write_record,
+)
 from harness.report import Progress, new_record, summary_table
 from harness.watch import FileWatch, become_subreaper, changed_since, library_roots, reap_descendants
 
@@ -218,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         reap_descendants()
 
     # ---- record: the submission's observers see a copy; then the referee writes it, once, atomically
+    referee.record_progress()
     referee.observe(signals)
     signals.deferring = True  # a signal now is noted, not allowed to cut the record short
     referee.close_phases()
@@ -319,6 +327,9 @@ class Referee:
         self.step_seconds: list[float] = []  # as the worker timed them
         self.step_observed: list[float] = []  # as the referee saw them
         self.losses: dict[int, float] = {}
+        self.resumed_train_s = 0.0  # training time of the sessions before a --resume, from the checkpoint
+        self.loop_start = 0  # the step the training loop started at (0, or the checkpoint's)
+        self.plan_report: dict | None = None  # the training worker's plan (the observer's worker replaces reports)
         self.step = 0
         self.step_began = 0.0
         self.probing = False  # the probe's own phases all count as "probe"
@@ -390,8 +401,9 @@ class Referee:
         if config.wandb:
             from harness.wandb_observer import WandbObserver
 
-            self.wandb = WandbObserver(config.wandb, out.name, {"submission": config.submission,
-                                                                 "profile": profile.name, "argv": config.argv})
+            self.wandb = WandbObserver(
+                config.wandb, out.name, {"submission": config.submission, "profile": profile.name, "argv": config.argv}
+            )
 
         # ---- training, in the worker; the referee watches the files the worker must not read
         watched = [dataset.val_file] + ([bundle.root] if bundle is not None else [])
@@ -401,7 +413,7 @@ class Referee:
         left_behind = reap_descendants()
         worker_lifetime.append(time.time())
         touched = watch.close()
-        self.record_training()
+        self.record_summary()
 
         # ---- the referee's evals of the exported program start now, while the referee checks the run: the clocks
         # agree, the warm-up restored everything, nothing the referee relies on was read or changed
@@ -434,7 +446,8 @@ class Referee:
         record["program"] = {"path": exported["path"], "sha256": exported["sha256"], **evaluated["program"]}
         record["metrics"]["val_bpb"] = evaluated["val_bpb"]
         record["evals"].append({"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation"})
-        self.events.write("val_bpb", self.step, evaluated["val_bpb"])
+        self.events.write("val_bpb", self.step, {"val_bpb": evaluated["val_bpb"], "rows": "validation",
+                          "training_time_s": record["training_time_s"]})  # fmt: skip
         if bundle is not None:
             core = evaluated["core"]
             record["metrics"].update(core=core["core"], core_partial=core["core_partial"],
@@ -533,10 +546,12 @@ class Referee:
         self.enter("worker_exit")
         error = self.reports.get("error")
         if error is not None:
-            message = error["message"]
             if error["status"] == "interrupted":
                 self.record["checkpoint"] = error.get("checkpoint")
-            raise WorkerEnded(error["status"], {"message": message, "traceback": error.get("traceback", "")})
+            details = {"step": error["step"], "last_finite_loss": error["last_finite_loss"]} if (
+                error["status"] == "diverged") else {}  # fmt: skip
+            raise WorkerEnded(error["status"], {"message": error["message"], "traceback": error.get("traceback", ""),
+                                                **details})  # fmt: skip
         if "done" not in self.reports:
             raise WorkerEnded("failed", {"message": self.silent_exit(returncode), "traceback": ""})
         if signals.received:
@@ -548,6 +563,8 @@ class Referee:
         self.reports[kind] = message
         if self.probing:
             return
+        if kind == "plan":
+            self.plan_report = message
         if kind == "phase_start":
             self.enter(str(message.get("name")), at)
         elif kind == "phase_stop":
@@ -561,14 +578,22 @@ class Referee:
             self.step_observed.append(at - self.step_began)
         elif kind == "metrics":
             self.step = int(message["step"]) + 1
-            self.losses[int(message["step"])] = message["loss"]
+            step = int(message["step"])
+            self.losses[step] = message["loss"]
+            num_steps = self.reports["plan"]["plan"]["num_steps"]
+            if step % max(1, num_steps // LOSS_CURVE_POINTS) == 0 or step + 1 == num_steps:
+                self.record["loss_curve"].append([step, round(message["loss"], 6)])
+                self.events.write("train_loss", step, {"loss": round(message["loss"], 6),
+                                  "lr_mult": message.get("lr_mult"),
+                                  "training_time_s": round(self.resumed_train_s + sum(self.step_seconds), 6)},
+                                  at=at)  # fmt: skip
             metrics = self.step_metrics(message)
             self.progress.update(self.step - 1, metrics)
             if self.wandb is not None:
                 self.wandb.log_metrics(self.step - 1, metrics)
         elif kind == "loop_start":
             self.enter("log", at)
-            self.step = int(message["step"])
+            self.step = self.loop_start = int(message["step"])
             self.progress = Progress(int(message["num_steps"]), self.step, enabled=True)
             self.events.write("loop_start", self.step, None, at=at)
         elif kind == "loop_stop":
@@ -578,12 +603,16 @@ class Referee:
                               at=at)  # fmt: skip
         elif kind == "eval":
             self.record["evals"].append({"step": message["step"], "val_bpb": message["val_bpb"], "rows": "monitor"})
-            self.events.write("val_bpb_monitor", message["step"], message["val_bpb"], at=at)
+            trained_s = round(self.resumed_train_s + sum(self.step_seconds), 6)
+            value = {"val_bpb": message["val_bpb"], "rows": "monitor", "training_time_s": trained_s}
+            self.events.write("val_bpb", message["step"], value, at=at)
         elif kind == "warmup":
             self.events.write("warmup_restored", None, {"state_digest": message["state_digest"],
                               "first_loss": message["first_loss"]}, at=at)  # fmt: skip
         elif kind == "resumed":
             self.step = int(message["step"])
+            self.resumed_train_s = float(message["training_time_s"])
+            self.carry_over(self.step)
             self.events.write("resumed", self.step, None, at=at)
         elif kind == "checkpoint":
             self.events.write("checkpoint", message["step"], message["path"], at=at)
@@ -610,7 +639,9 @@ class Referee:
         if self.current in ("train", "log"):
             median = statistics.median(self.step_observed) if self.step_observed else 0.0
             limit = max(self.profile.hang_floor_s, 20 * median)
-            where = f"train_step at step {self.step}" if self.current == "train" else f"log_metrics after step {self.step}"
+            where = (
+                f"train_step at step {self.step}" if self.current == "train" else f"log_metrics after step {self.step}"
+            )
         else:
             share, floor = self.profile.budgets.get(self.current, (0.0, 0.0))
             limit = 2 * floor if floor and not share else self.profile.hang_cap_s
@@ -629,9 +660,22 @@ class Referee:
             proc.wait()
 
     def silent_exit(self, returncode: int) -> str:
-        how = f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with code {returncode}"
-        return (f"the worker {how} in the {self.current} phase at step {self.step} without reporting why: a "
-                f"submission must not end the process (sys.exit, os._exit) or crash the interpreter")
+        how = (
+            f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with code {returncode}"
+        )
+        return (
+            f"the worker {how} in the {self.current} phase at step {self.step} without reporting why: a "
+            f"submission must not end the process (sys.exit, os._exit) or crash the interpreter"
+        )
+
+    def carry_over(self, step: int) -> None:
+        """A resumed run's record continues the curves of the record the referee wrote when the run stopped."""
+        previous = self.config.out / "record.json"
+        if not previous.is_file() or record_digest_problem(self.config.out) is not None:
+            return
+        before = json.loads(previous.read_text())
+        self.record["loss_curve"] = [point for point in before["loss_curve"] if point[0] < step]
+        self.record["evals"] = [e for e in before["evals"] if e["step"] <= step and e.get("rows") != "validation"]
 
     def record_overrides(self) -> None:
         loaded = self.reports.get("loaded")
@@ -640,21 +684,47 @@ class Referee:
 
     # -- what the worker reported, and what the referee makes of it --------------------------------------------
 
-    def record_training(self) -> None:
+    def record_progress(self) -> None:
+        """What the referee knows of training, however the run ended: the plan, the steps it saw completed, their
+        times by both clocks, tokens and the loss curve. Called once, just before the record is written."""
         record, reports = self.record, self.reports
-        self.record_overrides()
-        plan = reports["plan"]
+        plan = self.plan_report
+        if plan is None:
+            return
         record["plan"] = {**plan["plan"], "grad_accum": plan["grad_accum"]}
         record["run"] = {"seed": self.config.seed, "world_size": plan["run"]["world_size"],
                          "dtype": plan["run"]["dtype"], "depth": plan["depth"],
                          "device": plan["run"]["device"].split(":")[0]}  # fmt: skip
-        summary = reports["summary"]
-        record["training_time_s"] = summary["training_time_s"]
-        record["training_time_observed_s"] = round(self.phases["train"], 6)
+        record["steps_completed"] = self.loop_start + len(self.step_seconds)
+        # The worker's clock: the slowest rank's total when it reported one, else rank 0's steps as they came.
+        summary = reports.get("summary")
+        record["training_time_s"] = (
+            summary["training_time_s"] if summary else self.resumed_train_s + sum(self.step_seconds)
+        )
+        record["training_time_observed_s"] = round(self.resumed_train_s + self.phases["train"], 6)
+        if record["data"] is not None:
+            record["data"]["tokens_consumed"] = record["plan"]["total_batch_tokens"] * record["steps_completed"]
+        if self.step_seconds:
+            first = record["steps_completed"] - len(self.step_seconds)
+            self.events.write("step_times", first, [round(s, 6) for s in self.step_seconds])  # the worker's clock
+            self.events.write("step_times_observed", first, [round(s, 6) for s in self.step_observed])
+        metrics = record["metrics"]
+        metrics["final_loss"] = record["loss_curve"][-1][1] if record["loss_curve"] else None
+        metrics["step_time_median_s"] = statistics.median(self.step_seconds) if self.step_seconds else None
+        if self.step_seconds:
+            batch = record["plan"]["total_batch_tokens"]
+            metrics["tokens_per_s"] = batch * len(self.step_seconds) / max(sum(self.step_seconds), 1e-9)
+            peak = profiles.peak_flops_of(record["fingerprint"])
+            if peak:
+                flops = record["plan"]["flops_per_token"] * metrics["tokens_per_s"]
+                metrics["mfu"] = flops / (peak * plan["run"]["world_size"])
+
+    def record_summary(self) -> None:
+        """What the worker reported at the end of training: its totals, its proof of data, what it imported."""
+        record, summary = self.record, self.reports["summary"]
         record["worker_phases"] = {k: round(v, 6) for k, v in sorted(self.worker_phases.items())}
-        record["steps_completed"] = summary["steps_completed"]
         record["data"]["stream_digest"] = summary["stream_digest"]
-        record["data"]["tokens_consumed"] = record["plan"]["total_batch_tokens"] * summary["steps_completed"]
+        record["metrics"]["peak_memory_gb"] = summary["peak_memory_gb"]
         record["imported"] = summary["imported"]
         # Provenance of what actually ran: the harness, evals, baselines and every repository file the worker
         # imported; uncommitted changes make the run ineligible and their text is kept in the record.
@@ -662,25 +732,7 @@ class Referee:
         imported = [f for f in summary["imported"] if not (REPO_ROOT / f).resolve().is_relative_to(own)]
         started = record["harness"]["source_digest"]
         record["harness"] = {**harness_provenance(imported), "source_digest": started}
-        every = max(1, record["plan"]["num_steps"] // LOSS_CURVE_POINTS)
-        steps = sorted(self.losses)
-        record["loss_curve"] = [[s, round(self.losses[s], 6)] for s in steps if s % every == 0 or s == steps[-1]]
-        for step, loss in record["loss_curve"]:
-            self.events.write("train_loss", step, loss)
-        first = summary["steps_completed"] - len(self.step_seconds)
-        self.events.write("step_times", first, [round(s, 6) for s in self.step_seconds])  # as the worker timed them
-        self.events.write("step_times_observed", first, [round(s, 6) for s in self.step_observed])
-        metrics = record["metrics"]
-        metrics["final_loss"] = record["loss_curve"][-1][1] if record["loss_curve"] else None
-        metrics["step_time_median_s"] = statistics.median(self.step_seconds) if self.step_seconds else None
-        steps_timed = summary["train_steps"]
-        metrics["tokens_per_s"] = record["plan"]["total_batch_tokens"] * steps_timed / max(summary["training_time_s"],
-                                                                                           1e-9)  # fmt: skip
-        peak = profiles.peak_flops_of(record["fingerprint"])
-        if peak:
-            metrics["mfu"] = record["plan"]["flops_per_token"] * metrics["tokens_per_s"] / (peak * plan["run"]["world_size"])
-        metrics["peak_memory_gb"] = summary["peak_memory_gb"]
-        warmup = reports.get("warmup")
+        warmup = self.reports.get("warmup")
         record["warmup"] = None if warmup is None else {"first_loss": warmup["first_loss"],
                                                          "first_step_loss": self.losses.get(0),
                                                          "state_digest": warmup["state_digest"]}  # fmt: skip
@@ -688,7 +740,8 @@ class Referee:
     def clock_problems(self) -> list[str]:
         """The worker's clock against the referee's, phase by phase."""
         share, floor = CLOCK_TOLERANCE
-        reported = {**self.worker_phases, "train": self.reports["summary"]["training_time_s"]}
+        # A resumed worker's clock starts from the checkpoint's training time; the referee saw this session only.
+        reported = {**self.worker_phases, "train": self.reports["summary"]["training_time_s"] - self.resumed_train_s}
         problems = []
         for name, worker_s in sorted(reported.items()):
             seen = self.phases.get(name, 0.0)
@@ -707,8 +760,10 @@ class Referee:
         rtol = WARMUP_LOSS_RTOL[self.profile.device_type]
         if first == timed or abs(first - timed) <= rtol * abs(first):
             return []
-        return [f"the first timed step's loss {timed:.6f} differs from the first warm-up step's {first:.6f} on the same "
-                f"batch from the restored state: state outside state_dict() survived the warm-up restore"]
+        return [
+            f"the first timed step's loss {timed:.6f} differs from the first warm-up step's {first:.6f} on the same "
+            f"batch from the restored state: state outside state_dict() survived the warm-up restore"
+        ]
 
     def budget_report(self) -> dict[str, dict]:
         """Each bounded untimed phase's time on the referee's clock against its budget."""
@@ -804,7 +859,9 @@ def eligibility(config: Config, record: dict, bundle, dataset, budgets: dict, le
     reasons += dataset.not_eligible
     if record["harness"]["dirty"]:
         changed = record["harness"].get("changed") or []
-        reasons.append(f"uncommitted changes in {', '.join(changed[:5])}" if changed else "the harness has uncommitted changes")
+        reasons.append(
+            f"uncommitted changes in {', '.join(changed[:5])}" if changed else "the harness has uncommitted changes"
+        )
     for name, used in budgets.items():
         if used["seconds"] > used["budget"]:
             reasons.append(f"untimed phase {name} took {used['seconds']:.1f} s, over its budget of "

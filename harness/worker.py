@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             "train_steps": clock.train_steps,
             "steps_completed": step,
             "stream_digest": combined_stream_digest(loader.stream_digest, place),
-            "peak_memory_gb": torch.cuda.max_memory_allocated(place.device) / 1e9 if place.device.type == "cuda" else None,
+            "peak_memory_gb": torch.cuda.max_memory_allocated(place.device) / 1e9
+            if place.device.type == "cuda"
+            else None,
         }
         evaluate_monitor(plan.num_steps)
 

