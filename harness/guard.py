@@ -74,8 +74,10 @@ def call_hook(submission: Submission, name: str, expect: type | None = None, **k
         raise
     except SystemExit as exc:
         where = implementing_file(submission, exc.__traceback__)
-        raise SubmissionError(f"{where}: hook {name} called sys.exit({exc.code!r}); a submission must not end the "
-                              f"process. Fix: return from the hook (raise an exception to report an error).") from exc
+        raise SubmissionError(
+            f"{where}: hook {name} called sys.exit({exc.code!r}); a submission must not end the "
+            f"process. Fix: return from the hook (raise an exception to report an error)."
+        ) from exc
     except Exception as exc:
         where = implementing_file(submission, exc.__traceback__)
         if is_out_of_memory(exc):
