@@ -125,19 +125,32 @@ def load_program(path: Path, sha256: str, device: str = "cpu") -> Program:
 
 
 def check_operators(program: torch.export.ExportedProgram, path: Path) -> None:
-    """Refuse a program that calls anything but ATen/prims operators and size arithmetic."""
-    for node in program.graph.nodes:
-        if node.op in ("placeholder", "output", "get_attr"):
-            continue
-        target = node.target
-        allowed = node.op == "call_function" and (
-            (isinstance(target, torch._ops.OpOverload) and target.namespace in ALLOWED_NAMESPACES)
-            or target in ALLOWED_FUNCTIONS
-        )
-        if not allowed:
-            raise ExportError(
-                f"{path}: the program calls {node.op} {target!r}; the referee runs only ATen and prims operators"
+    """Refuse a program that calls anything but ATen/prims operators, size arithmetic and the two wrappers that
+    only switch a mode around a subgraph (autocast, grad), whose subgraphs are checked the same way."""
+    from torch._higher_order_ops.wrap import wrap_with_autocast, wrap_with_set_grad_enabled
+
+    modes = (wrap_with_autocast, wrap_with_set_grad_enabled)
+    graphs = [program.graph_module]
+    while graphs:
+        module = graphs.pop()
+        for node in module.graph.nodes:
+            if node.op in ("placeholder", "output"):
+                continue
+            if node.op == "get_attr":
+                value = getattr(module, node.target, None)
+                if isinstance(value, torch.fx.GraphModule):
+                    graphs.append(value)
+                continue
+            target = node.target
+            allowed = node.op == "call_function" and (
+                (isinstance(target, torch._ops.OpOverload) and target.namespace in ALLOWED_NAMESPACES)
+                or target in ALLOWED_FUNCTIONS
+                or target in modes
             )
+            if not allowed:
+                raise ExportError(
+                    f"{path}: the program calls {node.op} {target!r}; the referee runs only ATen and prims operators"
+                )
 
 
 def _length_range(program: torch.export.ExportedProgram) -> tuple[int, int | None]:

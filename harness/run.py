@@ -57,7 +57,20 @@ from harness.watch import FileWatch, become_subreaper, changed_since, library_ro
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
 CLOCK_TOLERANCE = (0.02, 2.0)  # the worker's and the referee's clocks may differ by 2% or 2 s, whichever is larger
-STOP_GRACE_S = {"cpu": 60.0, "cuda": 300.0}  # how long a stopping worker may take to save its checkpoint
+TORCHRUN_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_WORLD_SIZE",
+    "ROLE_NAME",
+)
+STOP_GRACE_S = {"cpu": 20.0, "cuda": 300.0}  # how long a stopping worker may take to save its checkpoint
 WARMUP_LOSS_RTOL = {"cpu": 0.0, "cuda": 1e-3}  # bitwise on CPU; GPU kernels may reduce in another order
 
 
@@ -371,6 +384,7 @@ class Referee:
                                                      "bos_token_id": -1})  # fmt: skip
         atomic_write_json(inputs / "probe.json", probe_config)
         self.follow_worker(inputs / "probe.json", signals, mode=["--probe"])
+        reap_descendants()  # whatever importing the submission started ends with the probe
         self.record_overrides()
         selected = self.reports["dataset"]["selected"]
 
@@ -506,8 +520,11 @@ class Referee:
         self.reports = {}
         device_type = self.profile.device_type
         cmd = [sys.executable, "-m", "harness.worker", "--device-type", device_type, "--config", str(config_file)]
-        # The worker is not told where the evaluation data is (and the referee watches it: harness/watch.py).
-        env = {k: v for k, v in os.environ.items() if k != "SPEEDRUN_EVAL_BUNDLE"} | channel.env
+        # The worker is not told where the evaluation data is (and the referee watches it: harness/watch.py). A
+        # short worker runs alone: under torchrun it must not take rank 0's place in the process group.
+        hidden = {"SPEEDRUN_EVAL_BUNDLE", *(TORCHRUN_ENV if mode else ())}
+        env = {k: v for k, v in os.environ.items() if k not in hidden and not (mode and k.startswith("TORCHELASTIC_"))}
+        env |= channel.env
         proc = subprocess.Popen([*cmd, *(mode or [])], env=env, start_new_session=True)
         self.probing = mode is not None
         if mode is None:

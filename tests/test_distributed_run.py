@@ -43,15 +43,19 @@ def one_and_two(tmp_path_factory, harness_env) -> tuple[Path, Path]:
 def test_two_gloo_processes_write_exactly_one_record(one_and_two):
     _, two = one_and_two
     assert sorted(p.name for p in two.iterdir() if not p.name.startswith(".")) == [
+        "evals",
         "events.jsonl",
+        "inputs",
         "model",
         "record.json",
         "run.lock",
+        "tokenizer.json",
     ]
     record = json.loads((two / "record.json").read_text())
     assert validate_record(record) == []
     assert record["run"]["world_size"] == 2
     assert sum(line.count('"run_start"') for line in (two / "events.jsonl").read_text().splitlines()) == 1
+    assert record["training_time_s"] == pytest.approx(record["training_time_observed_s"], rel=0.02, abs=2.0)
 
 
 def test_two_processes_agree_with_one_at_the_same_global_batch(one_and_two):

@@ -104,6 +104,13 @@ def forger_run(tmp_path_factory, harness_env, honest_run, eval_bundle_dir) -> tu
         # The clocks a referee might use.
         time.monotonic = lambda: 0.0
         torch.cuda.synchronize = lambda *args, **kwargs: None
+        # A daemon, detached from the worker, to outlive it.
+        import os
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(600)
+            os._exit(0)
 
         @hookimpl
         def run_finished(record):
@@ -139,6 +146,12 @@ def test_patching_the_evaluators_in_every_process_the_submission_reaches_leaves_
     assert metrics["core_tasks"] == again["core"]["per_task"]
 
 
+def test_a_process_left_behind_by_the_worker_is_ended_and_the_run_is_not_eligible(forger_run):
+    out, record = forger_run
+    assert record["watch"]["left_behind"] >= 1
+    assert any("left" in reason and "processes running" in reason for reason in record["eligibility"]["reasons"])
+
+
 def test_run_finished_sees_a_copy_and_the_record_on_disk_is_the_referees(forger_run):
     out, record = forger_run
     assert record_digest_problem(out) is None  # record.json is byte for byte what the referee wrote after run_finished
@@ -168,7 +181,7 @@ CLOCK_ATTACKS = {
 
 @pytest.mark.parametrize("attack", sorted(CLOCK_ATTACKS))
 def test_a_tampered_worker_clock_fails_the_run_by_the_referees_observation(attack, tmp_path, harness_env):
-    folder = write_submission(tmp_path / attack, CLOCK_ATTACKS[attack] + "\nfrom harness import hookimpl\n")
+    folder = write_submission(tmp_path / attack, textwrap.dedent(CLOCK_ATTACKS[attack]))
     record, _ = harness_run([str(folder), "--out", str(tmp_path / "out"), *TIMED], harness_env)
     assert record["status"] == "failed"
     message = record["error"]["message"]

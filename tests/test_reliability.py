@@ -196,6 +196,82 @@ def test_nan_loss_stops_the_run_within_one_step_with_status_diverged(tmp_path, h
     assert "nan" in record["error"]["message"]
 
 
+# ---- a worker that hangs, or cannot export its model
+
+
+HANGS_AT_STEP_2 = """
+    import time
+    from harness import hookimpl
+    from harness import defaults
+
+    CALLS = {"n": 0}
+
+    @hookimpl
+    def train_step(model, batches, plan, run):
+        CALLS["n"] += 1
+        while CALLS["n"] == 4:  # one warm-up step, then timed steps 0 and 1: step 2 never returns
+            time.sleep(1)
+        return defaults.train_step(model, batches, plan, run)
+    """
+
+
+def test_a_hook_that_never_returns_is_declared_hung_and_the_run_fails_naming_it(tmp_path, harness_env):
+    folder = write_submission(tmp_path / "hangs", HANGS_AT_STEP_2)
+    out = tmp_path / "out"
+    began = time.monotonic()
+    proc = run([str(folder), "--out", str(out), *FAST], harness_env)
+    assert proc.returncode == 1
+    record = record_of(out)
+    assert record["status"] == "failed" and record["steps_completed"] == 2
+    assert "hung in train_step at step 2" in record["error"]["message"] and "the worker was killed" in proc.stderr
+    assert time.monotonic() - began < 150  # the cpu profile's limit is 30 s without progress
+
+
+def test_a_stop_signal_to_a_hung_run_ends_it_after_the_grace_period_with_a_record(tmp_path, harness_env):
+    folder = write_submission(tmp_path / "hangs", HANGS_AT_STEP_2)
+    out = tmp_path / "out"
+    proc = start([str(folder), "--out", str(out), *FAST], harness_env)
+    wait_for(lambda: steps_logged(out) >= 2 or proc.poll() is not None)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # a second signal while the first is being honoured changes nothing
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    record = record_of(out)
+    assert record["status"] == "interrupted" and "did not stop within 20 s and was killed" in record["error"]["message"]
+
+
+def test_a_model_that_cannot_be_exported_fails_before_any_training(tmp_path, harness_env):
+    folder = write_submission(
+        tmp_path / "unexportable",
+        """
+        from harness import hookimpl
+        from baselines.nanochat import submission as baseline
+
+        @hookimpl
+        def build_model(run):
+            model = baseline.make_model(run)
+            forward = model.forward
+
+            def branching_forward(idx, targets=None):
+                if idx.sum() > 0:  # Python control flow on a tensor's value: torch.export cannot trace it
+                    return forward(idx, targets)
+                return forward(idx, targets)
+
+            model.forward = branching_forward
+            return model
+        """,
+    )
+    out = tmp_path / "out"
+    proc = run([str(folder), "--out", str(out), *FAST], harness_env)
+    assert proc.returncode == 1
+    record = record_of(out)
+    assert record["status"] == "failed" and record["steps_completed"] == 0
+    message = record["error"]["message"]
+    assert "build_model returned a model that cannot be evaluated" in message and "torch.export" in message
+    assert "warmup" not in record["phases"]
+
+
 # ---- interruption
 
 
