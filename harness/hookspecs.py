@@ -109,6 +109,8 @@ def build_model(run: Run) -> torch.nn.Module:
       ``model(inputs) -> logits`` of shape (B, T, vocab_size), float32, for the evals;
       ``model(inputs, targets) -> loss``, a scalar mean cross entropy over targets that are not -1.
     Any sequence length up to 4 * run.seq_len must work (CORE prompts can be longer than training rows).
+    ``model(inputs)`` must be exportable by ``torch.export`` (plain tensors in, logits out): the referee evaluates
+    the exported program, without importing the submission, and checks exportability before training.
     Seed-dependent initialisation must use the global torch RNG, which the harness seeds.
     """
 
@@ -151,12 +153,14 @@ def train_step(model: torch.nn.Module, batches: Iterable[Batch], plan: Plan, run
 
 @hookspec
 def log_metrics(step: int, metrics: dict[str, Any], run: Run) -> None:
-    """Observe the metrics the harness logs at ``step`` (loss, lr multiplier, tokens/s, MFU, evals).
+    """Observe the metrics the harness logs at ``step`` (the loss, the schedule's values, the in-training val_bpb).
 
-    Every implementation is called. Runs outside the clock; must not touch the model or optimizer.
+    Every implementation is called, in the training worker, outside the clock but within the profile's budget
+    for untimed logging (1% of training time); must not touch the model or optimizer.
     """
 
 
 @hookspec
 def run_finished(record: dict[str, Any], run: Run) -> None:
-    """Observe the final record (a plain dict, read-only) after it is written. Every implementation is called."""
+    """Observe the final record (a plain dict, a copy) in a short process of its own, before the referee writes
+    the record file itself. Every implementation is called; nothing it does can change the record."""

@@ -114,13 +114,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="training shards of a real dataset that must be present locally (d24 on ClimbMix reads about 150)",
     )
     p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
+    p.add_argument("--eval-every", type=int, help="in-training val_bpb every N steps (default: the profile's)")
     p.add_argument("--resume", action="store_true", help="continue --out's run from its last checkpoint")
     p.add_argument("--no-core", action="store_true", help="skip CORE (development; no CORE in the record)")
     p.add_argument("--wandb", metavar="PROJECT", help="log to Weights & Biases (offline unless WANDB_MODE=online)")
     args = p.parse_args(argv)
     if args.resume and args.out is None:
         p.error("--resume needs --out DIR, the run directory to continue")
-    for name in ("depth", "max_steps", "checkpoint_every", "train_shards"):
+    for name in ("depth", "max_steps", "checkpoint_every", "train_shards", "eval_every"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "checkpoint_every" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -145,6 +146,7 @@ class Config:
     max_per_task: int | None  # CORE records per task; None: every record
     core: bool
     checkpoint_every: int
+    eval_every: int  # in-training val_bpb cadence in steps
     resume: bool
     data_dir: Path | None
     eval_bundle: Path | None
@@ -166,6 +168,7 @@ class Config:
             max_per_task=None if asked == -1 else asked,
             core=not args.no_core,
             checkpoint_every=args.checkpoint_every,
+            eval_every=args.eval_every or profile.eval_every,
             resume=args.resume,
             data_dir=args.data_dir,
             eval_bundle=args.eval_bundle,
@@ -503,7 +506,7 @@ class Referee:
             "run": run,
             "resume": config.resume,
             "warmup_steps": self.profile.warmup_steps,
-            "eval_every": self.profile.eval_every,
+            "eval_every": config.eval_every,
             "checkpoint_every": config.checkpoint_every,
             **fields,
         }
