@@ -1,27 +1,35 @@
-"""Regression check of time-to-GPT-2: a short proxy run of a submission, projected to its whole plan and compared
-with a stored baseline for the profile. Answers "did this change make the speedrun slower?" in minutes.
+"""Regression check of time-to-GPT-2 that cannot be bought: a candidate's training time to a loss target, measured
+beside the reference submission's on the same machine, with the verdict from the leaderboard's statistics engine.
 
-    python -m harness.ci submissions/climbmix                                 # check against leaderboard/ci/cpu.json
-    python -m harness.ci submissions/climbmix --update-baseline               # measure 5 repetitions, store them
-    python -m harness.ci submissions/climbmix --profile 8xh100                # on the node: 8 processes (torchrun)
-    python -m harness.ci submissions/climbmix --baseline /tmp/b.json --out /tmp/ci
+    python -m harness.ci submissions/my_idea                      # cpu here: 3 interleaved pairs, about 5 minutes
+    python -m harness.ci submissions/my_idea --pairs 5            # more pairs: a sharper verdict
+    python -m harness.ci submissions/my_idea --profile 8xh100     # on the node: 8 processes per run (torchrun)
+    python -m harness.ci submissions/climbmix --update-baseline   # measure the reference: its target, its times
+    python -m harness.ci --drift                                  # nightly: the reference against its stored times
 
-How it works (docs/ci.md has the reasoning and what the projection means on each profile):
-1. Proxy run: ``python -m harness.run SUBMISSION --max-steps N --no-core`` (torchrun when the profile needs
-   several processes); the harness is the only clock. Its event log lists every timed step's duration.
-2. Steady-state step time = the median (on CPU: a low quantile) of the timed steps after the first SKIP; fixed
-   costs = what those first steps took beyond the steady step time.
-3. Projection = fixed costs + steady step time x the submission's *uncapped* planned steps, which this module
-   gets by calling the submission's own build_model (on the meta device: no memory, no compute) and
-   plan_training with no step cap, at the profile's configuration.
-4. Baseline (``leaderboard/ci/<profile>.json``): REPEATS repetitions with seeds 0, 1, ...; a check runs seed 0
-   and fails when the projection exceeds the baseline mean by more than max(K_SIGMA x sd/mean, TIME_FLOOR),
-   or when the training loss at a fixed step (mean over a window of steps) exceeds the baseline mean by more
-   than max(K_SIGMA x sd, LOSS_FLOOR). sd is the baseline repetitions' own run-to-run standard deviation.
-   A timing failure must reproduce in the profile's CONFIRM more runs (noise only adds time; the fastest counts).
+How a check works (docs/ci.md gives the reasons and each profile's figures):
+1. Target. ``leaderboard/ci/<profile>.json`` holds the reference submission's sources and the profile's quality
+   target: the in-training val_bpb (on the profile's fixed monitor rows) that the reference reaches at a stated
+   fraction of its proxy run, the mean over the stored repetitions.
+2. Runs. The reference (written out from the stored sources) and the candidate run in pairs, interleaved with
+   alternating order (``harness.compare.plan_runs``); pair i runs both at seed i. Each run is a real
+   ``python -m harness.run`` evaluating val_bpb every few steps (untimed); this module follows its event log and
+   stops it (SIGTERM, as a person would) once it reaches the target, or once its training time passes the cap:
+   CAP x the slowest reference run of this check.
+3. Time to target: the referee's own clock (``step_times_observed``) summed over the steps up to the evaluation
+   that reached the target, interpolated linearly in val_bpb from the evaluation before it.
+4. Rule: the check fails when a candidate run did not reach the target within the cap, or when the candidate is
+   slower than the reference by more than max(noise, floor) with p < 0.05: a one-sided paired t-test on the pairs'
+   log time ratios (``leaderboard.stats.one_sample_greater``), so that the seed's effect and the machine's speed of
+   the moment cancel within a pair. Noise is one run's relative timing noise (the sd of the log ratios / sqrt 2),
+   floor the profile's. A slowdown beyond the tolerance that is not significant yet adds pairs, up to
+   ``--max-pairs``, before the verdict.
+5. Drift. When this machine's hardware and software match the stored baseline's, the reference's times are also
+   compared with the stored ones by the same rule: information in a check, the verdict of ``--drift``.
 
-Exit status: 0 pass; 1 regression; 2 error (bad arguments, a failed run, no baseline); 3 the baseline was measured
-on other hardware or software (reported, not compared). Prints a markdown summary and writes ``ci.json``.
+Exit status: 0 pass; 1 regression; 2 error (bad arguments, a failed run, no baseline, a target the reference no
+longer reaches); 3 (``--drift`` only) the baseline was measured on other hardware or software. Prints a markdown
+summary and writes ``ci.json`` beside the runs.
 """
 
 from __future__ import annotations
@@ -29,69 +37,78 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
-import warnings
+import time
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from harness import profiles
 from harness.clock import read_events
+from harness.compare import ALPHA, RunSpec, harness_command, plan_runs
 from harness.fileio import atomic_write_json
-from harness.hookspecs import Run
-from harness.plugins import SubmissionError, load_submission
+from harness.plugins import SubmissionError, describe_folder, locate_submission
 from harness.record import REPO_ROOT, harness_provenance
-from harness.tokenizer import SPECIAL_TOKENS
-from leaderboard.stats import summarize
+from leaderboard.stats import one_sample_greater, summarize
 
 BASELINE_DIR = REPO_ROOT / "leaderboard" / "ci"
-BASELINE_SCHEMA = 1
+BASELINE_SCHEMA = 2
 EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_MISMATCH = 0, 1, 2, 3
+PAIRS = 3  # reference + candidate pairs of a check (the paired t-test has pairs - 1 degrees of freedom)
+EXTRA_PAIRS = 2  # a slowdown beyond the tolerance that is not yet significant gets up to this many more pairs
+REPEATS = 5  # reference runs of a baseline (seeds 0..4)
+CAP = 2.0  # a candidate run that has not reached the target after CAP x the slowest reference run has failed
+STEP_LIMIT = 4  # ... and one that has run STEP_LIMIT x the proxy run's steps (whatever its time) has too
+STOP_TIMEOUT_S = 900.0  # a stopped run saves a checkpoint and writes its record; d24 on 8 GPUs takes a while
+POLL_S = 0.25  # how often a run's event log is read
+# What must match for stored times to be compared with today's; anything else (hostname, Python patch) may differ.
+FINGERPRINT_KEYS = ("profile", "device", "device_count", "world_size", "torch", "cuda", "driver")
 
 
 @dataclasses.dataclass(frozen=True)
 class Proxy:
-    """The proxy run on one profile: how many steps, at which depth, and how many first steps are not steady."""
+    """A profile's proxy run: how long, where its target is, how often it evaluates, and its tolerance floor."""
 
-    steps: int
-    skip: int  # first timed steps left out of the steady state (allocator, caches, CUDA graphs settling)
-    depth: int | None = None  # None: the profile's depth, else the submission's own
-    time_floor: float = 0.02  # smallest relative tolerance on the projection, whatever the baseline noise
-    quantile: float = 0.5  # the steady step time is this quantile of the steady steps' times
-    confirm: int = 1  # a timing regression must reproduce in this many more runs before it fails the check
+    steps: int  # the proxy run; the reference reaches the target at `fraction` of it
+    fraction: float
+    eval_every: int  # in-training val_bpb cadence in steps (untimed)
+    floor: float  # the smallest relative slowdown that can fail a check, however quiet the machine
+    depth: int | None = None  # None: each submission's own depth
+    capped: bool = False  # True: runs are planned for `steps` (--max-steps), so the schedule ends with the proxy run
+    threads: int | None = None  # OMP_NUM_THREADS of every run (None: the worker's choice)
+
+    @property
+    def target_step(self) -> int:
+        return round(self.fraction * self.steps)
+
+    def problems(self) -> list[str]:
+        found = []
+        if not 0 < self.fraction < 1:
+            found.append(f"the target fraction must lie strictly between 0 and 1, got {self.fraction}")
+        if self.target_step < 1 or self.target_step % self.eval_every:
+            found.append(
+                f"the target step ({self.fraction} x {self.steps} steps = {self.target_step}) must be a positive "
+                f"multiple of the evaluation cadence ({self.eval_every})"
+            )
+        return found
 
 
 PROXY = {
-    # A few hundred real steps of the record configuration: about 2 minutes of training on the node.
-    "8xh100": Proxy(steps=300, skip=10, time_floor=0.02),
-    # One GPU: d12 is the scaled configuration (d24 needs 32 micro-steps a step on one GPU).
-    "gpu": Proxy(steps=100, skip=10, depth=12, time_floor=0.03),
-    # The smoke profile on a shared 2-core machine, where a neighbour's work stretches steps up to 10x (measured:
-    # 0.74 s quiet, 3-9 s contended, in one run; docs/ci.md). Contention only ever adds time, so the 10th
-    # percentile of the step times estimates the machine's own speed, and a failure must reproduce twice more.
-    "cpu": Proxy(steps=30, skip=3, time_floor=0.25, quantile=0.1, confirm=2),
+    # The record configuration, on its own schedule (not capped: 5,568 steps planned), evaluated every 25 steps;
+    # the reference reaches its target at step 200, about 3.6 minutes of training at 1.07 s a step.
+    "8xh100": Proxy(steps=400, fraction=0.5, eval_every=25, floor=0.02),
+    # One GPU: d12, the scaled configuration (d24 needs 32 micro-steps a step on one GPU), on its own schedule.
+    "gpu": Proxy(steps=400, fraction=0.5, eval_every=25, floor=0.03, depth=12),
+    # The smoke profile at d2, planned for 30 steps (its schedule, warm-down included, fits in the run), target at
+    # step 15. One OpenMP thread per run: on a shared 2-core machine two threads are several times slower and far
+    # noisier (harness/worker.py). Run-to-run noise here reaches 10% under load: the floor.
+    "cpu": Proxy(steps=30, fraction=0.5, eval_every=3, floor=0.10, depth=2, capped=True, threads=1),
 }
-PROJECTION_MEANING = {
-    "8xh100": "On 8xH100 this is the submission's own time-to-GPT-2 (training time, as the harness clocks it).",
-    "gpu": "On one GPU it is the training time of the scaled configuration (see --depth) to its own horizon: a "
-    "relative signal, not the 8xH100 time.",
-    "cpu": "On CPU it is the smoke configuration (profile depth, 4,096-token steps) trained to its uncapped "
-    "horizon: a relative signal only; GPT-2 is never reached on CPU.",
-}
-
-REPEATS = 5  # baseline repetitions (seeds 0..4): enough for a run-to-run standard deviation
-K_SIGMA = 3.0  # tolerance in baseline standard deviations, for both the projection and the loss
-LOSS_FLOOR = 0.05  # nats: smallest loss tolerance (same-seed runs can agree to the last digit: sd = 0)
-LOSS_FRACTIONS = (0.25, 0.5, 1.0)  # loss is checked at these fractions of the proxy run's steps
-LOSS_WINDOW = 0.1  # ... as the mean loss over the last 10% of the steps up to there (one batch is noisy)
-# What must match for a comparison to mean anything; anything else (hostname, Python patch) may differ.
-FINGERPRINT_KEYS = ("profile", "device", "device_count", "world_size", "torch", "cuda")
 
 
 class CIError(Exception):
@@ -100,27 +117,54 @@ class CIError(Exception):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m harness.ci", description=__doc__.split("\n\n")[0])
-    p.add_argument("submission", help="submission folder (holding submission.py) or entry-point name")
+    p.add_argument(
+        "submission",
+        nargs="?",
+        help="the candidate (folder or entry-point name); with --update-baseline the reference to store",
+    )
     p.add_argument("--profile", default="auto", choices=["auto", *profiles.PROFILES], help="hardware profile")
     p.add_argument("--baseline", type=Path, help="baseline JSON (default leaderboard/ci/<profile>.json)")
-    p.add_argument("--update-baseline", action="store_true", help="measure the baseline and write it")
-    p.add_argument("--steps", type=int, help="proxy run length in steps (baseline only; a check uses the baseline's)")
-    p.add_argument("--depth", type=int, help="model depth of the proxy run (baseline only; default: the profile's)")
-    p.add_argument("--repeats", type=int, help=f"runs to measure (default {REPEATS} for a baseline, 1 for a check)")
-    p.add_argument("--nproc", type=int, help="processes (GPUs) per run (default: the profile's world size, else 1)")
-    p.add_argument("--out", type=Path, help="folder for the proxy runs and ci.json (default runs/ci/<time>_<name>)")
+    p.add_argument("--reference", help="run this reference instead of the baseline's stored sources")
+    p.add_argument("--pairs", type=int, default=PAIRS, help=f"reference + candidate pairs (default {PAIRS})")
     p.add_argument(
-        "--confirm", type=int, help="extra runs that must reproduce a timing regression (default: the profile's)"
+        "--max-pairs",
+        type=int,
+        help=f"pairs at most, when a slowdown is not yet significant (default pairs + {EXTRA_PAIRS})",
     )
+    p.add_argument("--update-baseline", action="store_true", help="measure the reference and store the baseline")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help=f"reference runs of --update-baseline (default {REPEATS}) or of --drift (default {PAIRS})",
+    )
+    p.add_argument(
+        "--drift",
+        action="store_true",
+        help="run the reference alone and judge it against its stored "
+        "times (needs this machine's hardware and software to match the baseline's)",
+    )
+    for name, kind in (("steps", int), ("fraction", float), ("depth", int), ("eval-every", int)):
+        p.add_argument(f"--{name}", type=kind, help="proxy run setting of --update-baseline (default: the profile's)")
+    p.add_argument("--nproc", type=int, help="processes (GPUs) per run (default: the profile's world size, else 1)")
+    p.add_argument("--out", type=Path, help="folder for the runs and ci.json (default runs/ci/<time>_<name>)")
     p.add_argument("--data-dir", type=Path, help="passed to harness.run (dataset shards folder)")
     p.add_argument("--train-shards", type=int, help="passed to harness.run (shards that must be present)")
     args = p.parse_args(argv)
-    for name in ("steps", "depth", "repeats", "nproc", "train_shards", "confirm"):
+    for name in ("pairs", "max_pairs", "repeats", "steps", "depth", "eval_every", "nproc", "train_shards"):
         value = getattr(args, name)
-        if value is not None and value < (0 if name == "confirm" else 1):
-            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if not args.update_baseline and (args.steps or args.depth):
-        p.error("--steps and --depth describe a new baseline: a check always repeats the baseline's configuration")
+        if value is not None and value < (2 if name in ("pairs", "max_pairs") else 1):
+            p.error(f"--{name.replace('_', '-')} must be at least {2 if 'pairs' in name else 1}, got {value}")
+    args.max_pairs = args.max_pairs or args.pairs + EXTRA_PAIRS
+    if args.max_pairs < args.pairs:
+        p.error(f"--max-pairs {args.max_pairs} is below --pairs {args.pairs}")
+    if args.update_baseline and args.drift:
+        p.error("--update-baseline and --drift are separate jobs: measure the baseline first, then track drift")
+    if args.submission is None and not args.drift:
+        p.error("name the candidate submission (or the reference, with --update-baseline)")
+    if not args.update_baseline and any(
+        getattr(args, n) is not None for n in ("steps", "fraction", "depth", "eval_every")
+    ):
+        p.error("--steps, --fraction, --depth and --eval-every describe a new baseline: a check repeats the stored one")
     return args
 
 
@@ -129,7 +173,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def machine_key(profile: profiles.Profile, world_size: int) -> dict:
-    """The parts of the fingerprint that move step times: device model and count, world size, torch, CUDA."""
+    """The parts of the fingerprint that move step times: device model and count, world size, torch, CUDA, driver."""
     fp = profiles.fingerprint()
     gpus = sorted({gpu["name"] for gpu in fp["gpus"]})
     return {
@@ -139,6 +183,7 @@ def machine_key(profile: profiles.Profile, world_size: int) -> dict:
         "world_size": world_size,
         "torch": fp["torch"],
         "cuda": fp.get("cuda"),
+        "driver": fp.get("driver"),
     }
 
 
@@ -151,256 +196,394 @@ def key_mismatches(baseline_key: dict, here: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# One proxy run: the harness in a subprocess, then its record and event log
+# Time to target: pure functions of a run's evaluations and step times
 
 
-def harness_command(args, profile: profiles.Profile, nproc: int, steps: int, depth: int | None, seed: int, out: Path):
-    launcher = [sys.executable, "-m", "harness.run"]
-    if nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        launcher += ["-m", "harness.run"]
-    cmd = [*launcher, args.submission, "--profile", profile.name, "--max-steps", str(steps), "--no-core"]
-    cmd += ["--seed", str(seed), "--out", str(out)]
-    cmd += ["--depth", str(depth)] if depth else []
-    cmd += ["--data-dir", str(args.data_dir)] if args.data_dir else []
-    cmd += ["--train-shards", str(args.train_shards)] if args.train_shards else []
-    return cmd
+def time_to_target(
+    evals: list[tuple[int, float]], step_seconds: list[float], first_step: int, target: float
+) -> tuple[float, float] | None:
+    """(training seconds, steps) to the first evaluation at or below ``target``; None if none reached it.
 
-
-def run_harness(cmd: list[str], out: Path) -> tuple[int, float]:
-    """Run the harness with its output in ``out/harness.log``; return its exit code and peak host memory (GB).
-
-    os.wait4 gives this child's own resource usage (the largest resident set among it and its children).
+    ``evals`` are (steps trained, val_bpb) in order; ``step_seconds[i]`` is the time of step ``first_step + i``.
+    Between the evaluation before the crossing and the crossing one, the time and the step are interpolated
+    linearly in val_bpb (the loss curve is smooth between two evaluations a few steps apart); a crossing at the
+    first evaluation has nothing to interpolate from and counts in full.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "harness.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    elapsed = [0.0, *itertools.accumulate(step_seconds)]  # elapsed[k]: the first k steps' time
+
+    def seconds_at(step: int) -> float:
+        k = step - first_step
+        if not 0 <= k < len(elapsed):
+            raise CIError(f"an evaluation after step {step} has no step times for it (steps {first_step} on timed)")
+        return elapsed[k]
+
+    before = None
+    for step, bpb in evals:
+        if bpb <= target:
+            if before is None or before[1] == bpb:
+                return seconds_at(step), float(step)
+            share = (before[1] - target) / (before[1] - bpb)
+            t0, t1 = seconds_at(before[0]), seconds_at(step)
+            return t0 + share * (t1 - t0), before[0] + share * (step - before[0])
+        before = (step, bpb)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The rule applied to paired reference and candidate times: the outcome, whether it fails, and the numbers."""
+
+    outcome: str  # slower | not reached | inconclusive | faster | within tolerance
+    failed: bool
+    pairs: int
+    ratio: float  # candidate / reference: the geometric mean of the pairs' ratios
+    ratio_ci: tuple[float, float]  # its 95% interval
+    p_slower: float  # one-sided paired t-test, H1: the candidate is slower
+    p_faster: float  # ... H1: the candidate is faster
+    noise: float  # one run's relative timing noise: the sd of the pairs' log ratios / sqrt(2)
+    tolerance: float  # max(noise, floor)
+    sentence: str
+
+
+def judge(pairs: list[tuple[float, float]], floor: float, unreached: int = 0) -> Verdict:
+    """Fail when a candidate run missed the target (``unreached``), or when the candidate is slower by more than
+    max(noise, floor) with p < ALPHA.
+
+    ``pairs`` are (reference, candidate) seconds to the target from runs that share a seed and ran one after the
+    other. The test is on the pairs' log ratios (``one_sample_greater``, a paired t-test): the seed's effect on the
+    steps to the target, and the machine's speed of the moment, cancel within a pair. Needs two pairs at least.
+    """
+    logs = [math.log(b / a) for a, b in pairs]
+    if unreached:
+        ratio = math.exp(statistics.fmean(logs)) if logs else math.nan
+        sentence = f"{unreached} candidate run(s) did not reach the target within the cap ({CAP:g}x the slowest "
+        sentence += "reference run's time)"
+        return Verdict("not reached", True, len(logs), ratio, (math.nan,) * 2, math.nan, math.nan, math.nan, floor,
+                       sentence)  # fmt: skip
+    if len(logs) < 2:
+        raise ValueError(f"the rule needs two pairs at least, got {len(logs)}")
+    s = summarize(logs)
+    noise = s.sd / math.sqrt(2)
+    tolerance = max(noise, floor)
+    ratio, ci = math.exp(s.mean), (math.exp(s.ci_low), math.exp(s.ci_high))
+    p_slower, p_faster = one_sample_greater(logs, 0.0)[1], one_sample_greater([-x for x in logs], 0.0)[1]
+    if s.sd == 0:  # every pair the same ratio (hand-made samples only): the difference, if any, is exact
+        p_slower, p_faster = float(s.mean <= 0), float(s.mean >= 0)
+    numbers = (
+        f"{ratio:.3f}x the reference's time over {len(logs)} pairs (95% CI {fmt_interval(ci)}; p = {fmt_p(p_slower)} "
+        f"that it is slower, {fmt_p(p_faster)} that it is faster; tolerance {tolerance:.1%} = max(noise "
+        f"{noise:.1%}, floor {floor:.0%}))"
+    )
+    slowdown = ratio - 1
+    if slowdown > tolerance and p_slower < ALPHA:
+        outcome, failed, sentence = "slower", True, f"slower by {slowdown:.1%}: {numbers}"
+    elif slowdown > tolerance:
+        outcome, failed = "inconclusive", False
+        sentence = f"slower by {slowdown:.1%}, beyond the tolerance but not significantly: {numbers}"
+    elif slowdown < 0 and p_faster < ALPHA:
+        outcome, failed, sentence = "faster", False, f"faster by {-slowdown:.1%}: {numbers}"
+    else:
+        outcome, failed, sentence = "within tolerance", False, f"not slower beyond the tolerance: {numbers}"
+    return Verdict(outcome, failed, len(logs), ratio, ci, p_slower, p_faster, noise, tolerance, sentence)
+
+
+def fmt_interval(ci: tuple[float, float]) -> str:
+    return "unbounded" if any(math.isnan(x) for x in ci) else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def fmt_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.2g}"
+
+
+def fmt_pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.1%}"
+
+
+# ------------------------------------------------------------------------------------------------
+# One run: the harness in a subprocess, followed through its event log and stopped at the target or the cap
+
+
+@dataclasses.dataclass
+class Stop:
+    """When to stop a run: at the target, past a training time, past a step count (None: no such limit)."""
+
+    target: float | None
+    cap_s: float | None = None
+    steps: int | None = None
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One run as measured: where it stopped and why, its time and steps to the target."""
+
+    side: str  # "A" (reference) or "B" (candidate)
+    seed: int
+    run_dir: str
+    status: str  # the record's: finished, or interrupted when this module stopped it
+    stopped: str  # target | cap | steps | end (the run ended by itself)
+    steps_completed: int
+    time_to_target_s: float | None  # None: did not reach the target
+    steps_to_target: float | None
+    step_time_median_s: float | None  # the referee's clock
+    evals: list[list[float]]  # [steps trained, val_bpb] on the monitor rows
+    wall_s: float
+
+
+def follow(proc: subprocess.Popen, events_path: Path, stop: Stop) -> str:
+    """Read the run's event log while it runs; SIGTERM it at the first stop condition. Returns the reason."""
+    offset, reason, deadline = 0, "end", None
+    while proc.poll() is None:
+        time.sleep(POLL_S)
+        if deadline is not None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise CIError(f"the run in {events_path.parent} did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM")
+            continue
+        if not events_path.is_file():
+            continue
+        with open(events_path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written is read next time
+        offset += len(complete)
+        for line in complete.splitlines():
+            event = json.loads(line)
+            value = event.get("value") if isinstance(event.get("value"), dict) else {}
+            trained = value.get("training_time_s")
+            if event["event"] == "val_bpb" and value.get("rows") == "monitor":
+                if stop.target is not None and value["val_bpb"] <= stop.target:
+                    reason = "target"
+            if stop.cap_s is not None and trained is not None and trained > stop.cap_s and reason == "end":
+                reason = "cap"
+            if stop.steps is not None and event["event"] == "train_loss" and event["key"] + 1 >= stop.steps:
+                reason = "steps" if reason == "end" else reason
+        if reason != "end":
+            proc.send_signal(signal.SIGTERM)  # the referee stops the worker at its next step and writes the record
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+    return reason
+
+
+def run_curves(run_dir: Path) -> tuple[list[tuple[int, float]], list[float], int]:
+    """A run's monitor evaluations (steps trained, val_bpb) and the referee's step times with the first step's index."""
+    events = read_events(run_dir / "events.jsonl")
+    evals = [
+        (int(e["key"]), float(e["value"]["val_bpb"]))
+        for e in events
+        if e["event"] == "val_bpb" and e["value"].get("rows") == "monitor"
+    ]
+    observed = next((e for e in events if e["event"] == "step_times_observed"), None)
+    return evals, (observed["value"] if observed else []), (int(observed["key"]) if observed else 0)
+
+
+def execute(spec: RunSpec, command: list[str], env: dict, stop: Stop) -> Attempt:
+    """Run one side to its stop; return what it measured, or raise CIError naming the log."""
+    spec.log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open(spec.log, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            reason = follow(proc, spec.out / "events.jsonl", stop)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
-    return proc.returncode, usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
-
-
-def window_loss(curve: dict[int, float], step: int, window: int) -> float:
-    """Mean training loss over the logged steps in (step - window, step] (0-based steps, so step - 1 is the last)."""
-    values = [loss for s, loss in curve.items() if step - window <= s < step]
-    if not values:
-        raise CIError(f"the run logged no training loss between steps {step - window} and {step}")
-    return statistics.fmean(values)
-
-
-def loss_steps(steps: int) -> tuple[list[int], int]:
-    """The fixed steps the loss is checked at, and the window each is averaged over."""
-    window = max(1, round(LOSS_WINDOW * steps))
-    return sorted({max(window, round(f * steps)) for f in LOSS_FRACTIONS}), window
-
-
-def measure(args, profile, cfg: dict, seed: int, out: Path) -> dict:
-    """One proxy run: steady step time, fixed costs, tokens/s, loss at the fixed steps, peak memory."""
-    skip = cfg["skip"]
-    cmd = harness_command(args, profile, cfg["nproc"], cfg["steps"], cfg["depth"], seed, out)
-    print(f"proxy run (seed {seed}): {' '.join(cmd)}", flush=True)
-    code, peak_rss_gb = run_harness(cmd, out)
-    record_path = out / "record.json"
-    if code != 0 or not record_path.is_file():
-        tail = (out / "harness.log").read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise CIError(f"the proxy run failed (exit {code}); its log is {out / 'harness.log'}:\n{tail}")
-    record = json.loads(record_path.read_text())
-    if record["steps_completed"] <= skip:
-        raise CIError(f"the proxy run made {record['steps_completed']} steps, not more than the {skip} left out")
-    times = next((e["value"] for e in read_events(out / "events.jsonl") if e["event"] == "step_times"), None)
-    if times is None:
-        raise CIError(f"{out / 'events.jsonl'} has no step_times event: the harness predates harness.ci")
-    steady = float(np.quantile(times[skip:], cfg["quantile"]))
-    planned_steps, total_batch_tokens = planned_plan(args.submission, profile, record)
-    fixed_s = max(0.0, sum(times[:skip]) - skip * steady)
-    curve = {int(s): float(loss) for s, loss in record["loss_curve"]}
-    at, window = loss_steps(record["steps_completed"])
-    return {
-        "seed": seed,
-        "run_dir": str(out),
-        "steps": record["steps_completed"],
-        "planned_steps": planned_steps,
-        "total_batch_tokens": total_batch_tokens,
-        "step_time_s": steady,
-        "step_time_median_s": statistics.median(times[skip:]),
-        "fixed_cost_s": fixed_s,
-        "projected_s": fixed_s + steady * planned_steps,
-        "tokens_per_s": total_batch_tokens / steady,
-        "training_time_s": record["training_time_s"],
-        "loss_window": window,
-        "loss_at": {str(s): window_loss(curve, s, window) for s in at},
-        "peak_gpu_memory_gb": record["metrics"].get("peak_memory_gb"),
-        "peak_host_memory_gb": peak_rss_gb,
-        "record_plan": record["plan"],
-    }
-
-
-def planned_plan(submission_ref: str, profile: profiles.Profile, record: dict) -> tuple[int, int]:
-    """The submission's own plan for this run with no step cap: (planned steps, tokens per step).
-
-    The model is built on the meta device (shapes only), so this costs well under a second even at d24. The run's
-    other settings (depth, vocabulary, batch cap, world size) are the proxy run's, read from its record.
-    """
-    try:
-        submission = load_submission(submission_ref)
-    except SubmissionError as exc:
-        raise CIError(str(exc)) from exc
-    vocab = record["tokenizer"]["vocab_size"]
-    run = Run(
-        profile=profile.name,
-        device="meta",
-        dtype=record["run"]["dtype"],
-        rank=0,
-        local_rank=0,
-        world_size=record["run"]["world_size"],
-        seed=record["run"]["seed"],
-        vocab_size=vocab,
-        bos_token_id=vocab - len(SPECIAL_TOKENS),
-        seq_len=profile.seq_len,
-        depth=record["run"]["depth"],
-        max_steps=None,
-        max_batch_tokens=profile.max_batch_tokens,
-    )
-    try:
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")  # e.g. "fp8 requested but meta has no fp8 matmuls": shapes only here
-            model = submission.hook.build_model(run=run)
-            plan = submission.hook.plan_training(model=model, run=run)
-    except Exception as exc:  # noqa: BLE001 - a submission's build_model may not support the meta device
+        code = proc.wait()
+    record_path = spec.out / "record.json"
+    tail = "\n  ".join(spec.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-8:])
+    if not record_path.is_file():
         raise CIError(
-            f"could not plan {submission.name} without a step cap on the meta device ({type(exc).__name__}: {exc}); "
-            f"build_model must create its parameters on run.device and avoid data-dependent work at build time"
-        ) from exc
-    ran = record["plan"]
-    if plan.total_batch_tokens != ran["total_batch_tokens"] or plan.num_steps < ran["num_steps"]:
-        raise CIError(
-            f"the uncapped plan ({plan.num_steps} steps of {plan.total_batch_tokens} tokens) does not extend the "
-            f"proxy run's ({ran['num_steps']} steps of {ran['total_batch_tokens']} tokens); a plan's batch must "
-            f"not depend on the step cap"
+            f"run {spec.out.name} ({spec.submission}) exited with status {code} and wrote no record; its "
+            f"log {spec.log} ends with:\n  {tail}"
         )
-    return plan.num_steps, plan.total_batch_tokens
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    expected = "interrupted" if reason != "end" else "finished"
+    if record["status"] not in (expected, "diverged"):
+        message = (record.get("error") or {}).get("message", "no error message")
+        raise CIError(
+            f"run {spec.out.name} ({spec.submission}) {record['status']}: {message}. Full output in "
+            f"{spec.log}:\n  {tail}"
+        )
+    evals, seconds, first = run_curves(spec.out)
+    reached = time_to_target(evals, seconds, first, stop.target) if stop.target is not None else None
+    return Attempt(
+        side=spec.side,
+        seed=spec.seed,
+        run_dir=str(spec.out),
+        status=record["status"],
+        stopped=reason,
+        steps_completed=record["steps_completed"],
+        time_to_target_s=reached[0] if reached else None,
+        steps_to_target=reached[1] if reached else None,
+        step_time_median_s=statistics.median(seconds) if seconds else None,
+        evals=[[s, v] for s, v in evals],
+        wall_s=round(time.monotonic() - started, 1),
+    )
+
+
+class Runner:
+    """Launches the runs of one job with the proxy's settings, printing a line per run."""
+
+    def __init__(self, args: argparse.Namespace, profile: profiles.Profile, proxy: Proxy, nproc: int, out: Path):
+        self.profile, self.proxy, self.nproc, self.out = profile, proxy, nproc, out
+        self.extra = ["--no-core", "--eval-every", str(proxy.eval_every)]
+        self.extra += ["--max-steps", str(proxy.steps)] if proxy.capped else []
+        self.extra += ["--data-dir", str(args.data_dir)] if args.data_dir else []
+        self.extra += ["--train-shards", str(args.train_shards)] if args.train_shards else []
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if proxy.threads and "OMP_NUM_THREADS" not in os.environ:
+            self.env["OMP_NUM_THREADS"] = str(proxy.threads)
+        self.done = 0
+
+    def plan(self, reference: str, candidate: str | None, pairs: int, first_pair: int = 0) -> list[RunSpec]:
+        """Pairs first_pair.. of the interleaved plan (A B, B A, ...); with no candidate, the reference alone."""
+        specs = plan_runs(reference, candidate or reference, [self.proxy.depth], first_pair + pairs, 0, self.out)
+        specs = [s for s in specs if s.pair >= first_pair]
+        return specs if candidate else [s for s in specs if s.side == "A"]
+
+    def run(self, spec: RunSpec, stop: Stop) -> Attempt:
+        command = harness_command(spec, self.profile.name, self.nproc, self.extra)
+        attempt = execute(spec, command, self.env, stop)
+        self.done += 1
+        who = "reference" if spec.side == "A" else "candidate"
+        if attempt.time_to_target_s is not None:
+            result = (
+                f"val_bpb {stop.target:.4f} at step {attempt.steps_to_target:.1f} after "
+                f"{attempt.time_to_target_s:.2f} s of training"
+            )
+        elif stop.target is not None:
+            result = f"did not reach val_bpb {stop.target:.4f} ({attempt.steps_completed} steps)"
+        else:
+            result = f"{attempt.steps_completed} steps, val_bpb {attempt.evals[-1][1]:.4f}" if attempt.evals else ""
+        why = {
+            "target": "stopped at the target",
+            "cap": f"stopped at the cap ({stop.cap_s or 0:.1f} s)",
+            "steps": f"stopped after {stop.steps} steps",
+            "end": f"run {attempt.status}",
+        }[attempt.stopped]
+        print(f"[{self.done}] {who} seed {spec.seed}: {result} ({why}; {attempt.wall_s:.0f} s wall)", flush=True)
+        return attempt
 
 
 # ------------------------------------------------------------------------------------------------
-# Comparison against the baseline
+# The baseline file
 
 
-def spread(values: list[float]) -> tuple[float, float]:
-    """Mean and run-to-run standard deviation (0 for one value) of the baseline's repetitions."""
-    s = summarize(values)
-    return s.mean, 0.0 if math.isnan(s.sd) else s.sd
+def load_baseline(path: Path, profile: profiles.Profile, submission: str | None) -> dict:
+    if not path.is_file():
+        name = submission or "submissions/climbmix"
+        raise CIError(
+            f"no baseline at {path}; measure one with python -m harness.ci {name} --profile {profile.name} "
+            f"--update-baseline"
+        )
+    baseline = json.loads(path.read_text(encoding="utf-8"))
+    if baseline.get("schema") != BASELINE_SCHEMA:
+        raise CIError(
+            f"{path} has schema {baseline.get('schema')!r}, this harness reads {BASELINE_SCHEMA}: measure "
+            f"it again with --update-baseline"
+        )
+    if baseline["machine"]["profile"] != profile.name:
+        raise CIError(f"{path} is the {baseline['machine']['profile']} profile's baseline, not {profile.name}'s")
+    return baseline
 
 
-def compare(baseline: dict, runs: list[dict]) -> list[dict]:
-    """The gating checks (projection, loss at each fixed step) and informational rows, each a dict."""
-    reps = baseline["repetitions"]
-    floor = baseline["config"]["time_floor"]
-    rows = []
-    base_mean, base_sd = spread([r["projected_s"] for r in reps])
-    cand = statistics.fmean(r["projected_s"] for r in runs)
-    tolerance = max(K_SIGMA * base_sd / base_mean, floor)
-    change = cand / base_mean - 1
-    ok = change <= tolerance
-    rows.append(
-        {
-            "name": "projected time-to-target",
-            "gating": True,
-            "baseline": base_mean,
-            "baseline_sd": base_sd,
-            "value": cand,
-            "change": change,
-            "tolerance": tolerance,
-            "ok": ok,
-            "unit": "h",
-            "message": (
-                f"projected time-to-target {'regressed' if change > 0 else 'changed'} by {change:+.1%} "
-                f"(tolerance {tolerance:.1%}): {cand / 3600:.3f} h against the baseline's {base_mean / 3600:.3f} h "
-                f"({(cand - base_mean) / 3600:+.3f} h over {runs[0]['planned_steps']:,} planned steps)"
-            ),
-        }
+def write_reference(baseline: dict, folder: Path) -> Path:
+    """The stored reference submission's files, each checked against its digest, written under ``folder``."""
+    from harness.replay import materialize_sources
+
+    try:
+        return materialize_sources({"submission": baseline["reference"]}, folder)
+    except SystemExit as exc:  # replay's way of refusing; here it is an error of the baseline file
+        raise CIError(f"the baseline's reference: {exc}") from None
+
+
+def paired(reference: dict[int, float], candidate: dict[int, float]) -> list[tuple[float, float]]:
+    """(reference, candidate) times of the seeds both sides have, in seed order."""
+    return [(reference[seed], candidate[seed]) for seed in sorted(set(reference) & set(candidate))]
+
+
+def seconds_by_seed(attempts: list[Attempt], side: str) -> dict[int, float]:
+    return {a.seed: a.time_to_target_s for a in attempts if a.side == side and a.time_to_target_s is not None}
+
+
+def drift_rows(baseline: dict, today: dict[int, float], here: dict, floor: float) -> dict:
+    """Today's reference runs against the stored repetitions of the same seeds, when hardware and software match."""
+    stored = {r["seed"]: r["time_to_target_s"] for r in baseline["repetitions"]}
+    mismatches = key_mismatches(baseline["machine"], here)
+    pairs = paired(stored, today)
+    if mismatches:
+        return {"compared": False, "mismatches": mismatches, "pairs": pairs}
+    if len(pairs) < 2:
+        return {"compared": False, "mismatches": [], "pairs": pairs, "note": "fewer than 2 seeds on both sides"}
+    return {"compared": True, "mismatches": [], "pairs": pairs, "verdict": dataclasses.asdict(judge(pairs, floor))}
+
+
+# ------------------------------------------------------------------------------------------------
+# The report
+
+
+def side_summary(times: list[float]) -> str:
+    s = summarize(times)
+    return f"{s.mean:.2f} ± {s.sd:.2f}" if s.n > 1 else f"{s.mean:.2f}"
+
+
+def markdown(title: str, target: dict, attempts: list[Attempt], verdict: Verdict | None, notes: list[str]) -> str:
+    lines = [f"## {title}", ""]
+    if verdict is not None:
+        lines += [f"**{'FAIL' if verdict.failed else 'PASS'}**: the candidate is {verdict.sentence}.", ""]
+    lines += [
+        f"Target: val_bpb {target['val_bpb']:.4f} on the monitor rows, which the reference reaches at step "
+        f"{target['step']} of its {target['proxy_steps']}-step proxy run (mean of {target['repetitions']} stored "
+        "runs).",
+        "",
+        "| | reference (A) | candidate (B) |",
+        "|---|---|---|",
+    ]
+    side = {s: [a for a in attempts if a.side == s] for s in "AB"}
+
+    def cell(runs: list[Attempt], key: str) -> str:
+        values = [getattr(a, key) for a in runs if getattr(a, key) is not None]
+        return side_summary(values) if values else "-"
+
+    lines.append(
+        f"| runs (seeds) | {len(side['A'])} ({', '.join(str(a.seed) for a in side['A'])}) | "
+        f"{len(side['B'])} ({', '.join(str(a.seed) for a in side['B'])}) |"
     )
-    for key, name in (
-        ("step_time_s", "steady step time"),
-        ("tokens_per_s", "tokens/s"),
-        ("fixed_cost_s", "fixed costs"),
-        ("peak_gpu_memory_gb", "peak GPU memory"),
-        ("peak_host_memory_gb", "peak host memory"),
-    ):
-        base_values = [r[key] for r in reps if r.get(key) is not None]
-        values = [r[key] for r in runs if r.get(key) is not None]
-        if not base_values or not values:
-            continue
-        mean, sd = spread(base_values)
-        value = statistics.fmean(values)
-        rows.append(
-            {
-                "name": name,
-                "gating": False,
-                "baseline": mean,
-                "baseline_sd": sd,
-                "value": value,
-                "change": value / mean - 1 if mean else float("nan"),
-                "tolerance": None,
-                "ok": True,
-                "unit": {"step_time_s": "s", "fixed_cost_s": "s", "tokens_per_s": "tok/s"}.get(key, "GB"),
-            }
+    lines.append(
+        f"| time to target (s, mean ± sd) | {cell(side['A'], 'time_to_target_s')} | "
+        f"{cell(side['B'], 'time_to_target_s')} |"
+    )
+    lines.append(f"| steps to target | {cell(side['A'], 'steps_to_target')} | {cell(side['B'], 'steps_to_target')} |")
+    lines.append(
+        f"| median step time (s) | {cell(side['A'], 'step_time_median_s')} | {cell(side['B'], 'step_time_median_s')} |"
+    )
+    pairs = paired(seconds_by_seed(attempts, "A"), seconds_by_seed(attempts, "B"))
+    if pairs:
+        ratios = ", ".join(f"{b / a:.3f}" for a, b in pairs)
+        lines.append(f"| B / A per pair, by seed | | {ratios} |")
+    unreached = [a for a in side["B"] if a.time_to_target_s is None]
+    if unreached:
+        lines.append(
+            f"| did not reach the target | | {len(unreached)} (seeds {', '.join(str(a.seed) for a in unreached)}) |"
         )
-    for step in sorted(baseline["config"]["loss_steps"]):
-        base_mean, base_sd = spread([r["loss_at"][str(step)] for r in reps])
-        if any(str(step) not in r["loss_at"] for r in runs):
-            raise CIError(f"the proxy run has no loss at step {step}; the baseline's configuration was not repeated")
-        value = statistics.fmean(r["loss_at"][str(step)] for r in runs)
-        band = max(K_SIGMA * base_sd, LOSS_FLOOR)
-        ok = value - base_mean <= band
-        window = baseline["config"]["loss_window"]
-        rows.append(
-            {
-                "name": f"loss at step {step} (mean of steps {step - window + 1}-{step})",
-                "gating": True,
-                "baseline": base_mean,
-                "baseline_sd": base_sd,
-                "value": value,
-                "change": value - base_mean,
-                "tolerance": band,
-                "ok": ok,
-                "unit": "nats",
-                "message": f"loss at step {step} is {value:.4f} against the baseline's {base_mean:.4f} "
-                f"({value - base_mean:+.4f} nats; noise band {band:.4f})",
-            }
-        )
-    return rows
-
-
-def fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    if unit == "h":
-        return f"{value / 3600:.3f} h"
-    if unit == "tok/s":
-        return f"{value:,.0f} tok/s"
-    if unit == "s":
-        return f"{value:.4f} s"
-    return f"{value:.4f} {unit}"
-
-
-def markdown(title: str, rows: list[dict], notes: list[str]) -> str:
-    lines = [f"## {title}", "", "| metric | baseline (mean ± sd) | this run | change | tolerance | verdict |"]
-    lines.append("|---|---|---|---|---|---|")
-    for r in rows:
-        relative = r["unit"] != "nats"
-        change = f"{r['change']:+.1%}" if relative else f"{r['change']:+.4f}"
-        tolerance = (
-            "-" if r["tolerance"] is None else (f"{r['tolerance']:.1%}" if relative else f"{r['tolerance']:.4f}")
-        )
-        verdict = ("ok" if r["ok"] else "**REGRESSION**") if r["gating"] else "info"
-        base = f"{fmt(r['baseline'], r['unit'])} ± {fmt(r['baseline_sd'], r['unit']).split(' ')[0]}"
-        lines.append(f"| {r['name']} | {base} | {fmt(r['value'], r['unit'])} | {change} | {tolerance} | {verdict} |")
     return "\n".join([*lines, "", *notes]) + "\n"
+
+
+def drift_note(drift: dict) -> str:
+    if drift["compared"]:
+        v = drift["verdict"]
+        return (
+            f"Drift{'' if drift.get('gating') else ' (information)'}: today's reference runs, against the stored "
+            f"runs of the same seeds, are {v['sentence']}."
+        )
+    if drift["mismatches"]:
+        return (
+            "Drift: not compared, the stored baseline was measured on other hardware or software ("
+            + "; ".join(drift["mismatches"])
+            + ")."
+        )
+    return f"Drift: not compared ({drift.get('note', '')})."
 
 
 # ------------------------------------------------------------------------------------------------
@@ -413,138 +596,222 @@ def default_out(name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return check(args)
+        profile = profiles.resolve_profile(args.profile)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    started = time.monotonic()
+    try:
+        if args.update_baseline:
+            return update_baseline(args, profile)
+        return check(args, profile, started)
     except CIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
 
-def check(args: argparse.Namespace) -> int:
-    # ---- profile, machine, baseline: a baseline from other hardware is reported, never compared
-    try:
-        profile = profiles.resolve_profile(args.profile)
-    except ValueError as exc:
-        raise CIError(str(exc)) from exc
-    proxy = PROXY[profile.name]
+def setup(args: argparse.Namespace, profile: profiles.Profile, name: str) -> tuple[int, dict, Path]:
     nproc = args.nproc or profile.world_size or 1
-    here = machine_key(profile, nproc)
-    baseline_path = args.baseline or BASELINE_DIR / f"{profile.name}.json"
-    name = Path(args.submission).name
     out = args.out or default_out(name)
-    baseline = None
-    if not args.update_baseline:
-        if not baseline_path.is_file():
-            raise CIError(
-                f"no baseline at {baseline_path}; measure one on this machine with "
-                f"python -m harness.ci {args.submission} --profile {profile.name} --update-baseline"
-            )
-        baseline = json.loads(baseline_path.read_text())
-        if baseline.get("schema") != BASELINE_SCHEMA:
-            raise CIError(f"{baseline_path} has schema {baseline.get('schema')!r}, expected {BASELINE_SCHEMA}")
-        problems = key_mismatches(baseline["machine"], here)
-        if problems:
-            text = (
-                f"## harness.ci: {name} on {profile.name}: baseline from other hardware or software, not compared\n\n"
-                f"{baseline_path} was measured on a different machine:\n\n"
-                + "\n".join(f"- {p}" for p in problems)
-                + f"\n\nMeasure a baseline here with --update-baseline (and --baseline FILE to keep {baseline_path}).\n"
-            )
-            print(text)
-            atomic_write_json(
-                out / "ci.json",
-                {"verdict": "mismatch", "exit_code": EXIT_MISMATCH, "mismatches": problems, "markdown": text},
-            )
-            return EXIT_MISMATCH
-        if args.nproc and args.nproc != baseline["config"]["nproc"]:
-            raise CIError(f"--nproc {args.nproc} differs from the baseline's {baseline['config']['nproc']}")
+    if out.exists() and any(out.iterdir()):
+        raise CIError(f"{out} already holds files; pass --out to a new folder (or delete that one)")
+    out.mkdir(parents=True, exist_ok=True)
+    return nproc, machine_key(profile, nproc), out
 
-    # ---- the proxy runs: the baseline's configuration when checking, the profile's when measuring one
-    if baseline:
-        cfg = baseline["config"]
-        seeds = cfg["seeds"][:1] + [max(cfg["seeds"]) + 1 + i for i in range((args.repeats or 1) - 1)]
-    else:
-        cfg = {
-            "steps": args.steps or proxy.steps,
-            "depth": args.depth or proxy.depth,
-            "skip": proxy.skip,
-            "quantile": proxy.quantile,
-            "nproc": nproc,
-        }
-        seeds = list(range(args.repeats or REPEATS))
-        if cfg["steps"] <= cfg["skip"] + 1:
-            raise CIError(f"--steps {cfg['steps']} leaves no steady state after the first {cfg['skip']} steps")
-    runs = [measure(args, profile, cfg, seed, out / f"seed{seed}") for seed in seeds]
 
-    # ---- a new baseline: store every repetition, so the check can derive its tolerance from their spread
-    if args.update_baseline:
-        at, window = loss_steps(runs[0]["steps"])
-        cfg = {**cfg, "seeds": seeds, "time_floor": proxy.time_floor, "k_sigma": K_SIGMA, "loss_floor": LOSS_FLOOR}
-        baseline = {
-            "schema": BASELINE_SCHEMA,
-            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "submission": {"name": name, "ref": args.submission},
-            "harness": harness_provenance(),
-            "machine": here,
-            "fingerprint": profiles.fingerprint(),
-            "config": {**cfg, "loss_steps": at, "loss_window": window},
-            "repetitions": [{k: v for k, v in r.items() if k not in ("run_dir", "record_plan")} for r in runs],
-        }
-        atomic_write_json(baseline_path, baseline)
-        mean, sd = spread([r["projected_s"] for r in runs])
-        tolerance = max(K_SIGMA * sd / mean, proxy.time_floor)
-        print(
-            f"baseline: {baseline_path} ({len(runs)} repetitions of {cfg['steps']} steps): projected "
-            f"{mean / 3600:.3f} h ± {sd / mean:.1%} run to run; checks will tolerate {tolerance:.1%}"
-        )
-        if K_SIGMA * sd / mean > proxy.time_floor:
-            print(
-                f"warning: run-to-run noise sets the tolerance above the {proxy.time_floor:.0%} floor; a quieter "
-                "machine gives a sharper check"
-            )
-        return EXIT_PASS
-
-    # ---- the verdict; a timing failure is confirmed by more runs (noise only ever adds time: the fastest counts)
-    rows = compare(baseline, runs)
-    confirm = proxy.confirm if args.confirm is None else args.confirm
-    for attempt in range(1, confirm + 1):
-        if rows[0]["ok"]:
-            break
-        print(f"{rows[0]['message']}; confirming with another run ({attempt} of {confirm})", flush=True)
-        again = [measure(args, profile, cfg, seed, out / f"seed{seed}_confirm{attempt}") for seed in seeds]
-        if statistics.fmean(r["projected_s"] for r in again) < statistics.fmean(r["projected_s"] for r in runs):
-            runs = again
-        rows = compare(baseline, runs)
-    failures = [r["message"] for r in rows if r["gating"] and not r["ok"]]
-    verdict = "FAIL" if failures else "PASS"
-    base_sub = baseline["submission"]
-    quantile = "median" if cfg["quantile"] == 0.5 else f"{cfg['quantile']:.0%} quantile"
-    notes = [
-        f"Projection: fixed costs + steady step time ({quantile} of the steps after the first {cfg['skip']}) x "
-        f"{runs[0]['planned_steps']:,} planned steps of {runs[0]['total_batch_tokens']:,} tokens, from a "
-        f"{cfg['steps']}-step proxy run at seed {seeds[0]}. {PROJECTION_MEANING[profile.name]}",
-        f"Baseline: {baseline_path}, {len(baseline['repetitions'])} repetitions of {base_sub['name']} measured "
-        f"{baseline['measured_at']} at harness {str(baseline['harness'].get('commit'))[:12]}.",
-        *(f"**FAIL**: {m}" for m in failures),
-    ]
-    if base_sub["name"] != name:
-        notes.append(f"Note: the baseline is of {base_sub['name']}, this run of {name}.")
-    text = markdown(f"harness.ci: {name} on {profile.name}: {verdict}", rows, notes)
-    print(text)
-    code = EXIT_REGRESSION if failures else EXIT_PASS
-    atomic_write_json(
-        out / "ci.json",
-        {
-            "verdict": verdict.lower(),
-            "exit_code": code,
-            "submission": name,
-            "profile": profile.name,
-            "baseline": str(baseline_path),
-            "failures": failures,
-            "checks": rows,
-            "runs": runs,
-            "markdown": text,
-        },
+def update_baseline(args: argparse.Namespace, profile: profiles.Profile) -> int:
+    """Run the reference REPEATS times over the whole proxy run; store its target, times and sources."""
+    try:
+        folder = locate_submission(args.submission)
+        reference = describe_folder(folder)
+    except SubmissionError as exc:
+        raise CIError(str(exc)) from exc
+    default = PROXY[profile.name]
+    proxy = Proxy(
+        steps=args.steps or default.steps,
+        fraction=args.fraction or default.fraction,
+        eval_every=args.eval_every or default.eval_every,
+        floor=default.floor,
+        depth=args.depth or default.depth,
+        capped=default.capped,
+        threads=default.threads,
     )
+    if proxy.problems():
+        raise CIError("; ".join(proxy.problems()))
+    nproc, here, out = setup(args, profile, reference["name"])
+    runner = Runner(args, profile, proxy, nproc, out)
+    specs = runner.plan(str(folder), None, args.repeats or REPEATS)
+    print(f"baseline of {reference['name']} on {profile.name}: {len(specs)} runs of {proxy.steps} steps", flush=True)
+    runs = [runner.run(spec, Stop(target=None, steps=None if proxy.capped else proxy.steps)) for spec in specs]
+    at_target_step = []
+    for attempt in runs:
+        value = dict((int(s), v) for s, v in attempt.evals).get(proxy.target_step)
+        if value is None:
+            raise CIError(
+                f"run {attempt.run_dir} has no evaluation at step {proxy.target_step} (it made "
+                f"{attempt.steps_completed} steps)"
+            )
+        at_target_step.append(value)
+    target = statistics.fmean(at_target_step)
+    repetitions = []
+    for attempt, value in zip(runs, at_target_step, strict=True):
+        reached = time_to_target(*run_curves(Path(attempt.run_dir)), target)
+        if reached is None:
+            raise CIError(
+                f"seed {attempt.seed} never reached the mean target {target:.4f} in its proxy run: lengthen "
+                f"the run (--steps) or lower the fraction"
+            )
+        repetitions.append(
+            {
+                "seed": attempt.seed,
+                "time_to_target_s": reached[0],
+                "steps_to_target": reached[1],
+                "val_bpb_at_target_step": value,
+                "step_time_median_s": attempt.step_time_median_s,
+                "evals": attempt.evals,
+            }
+        )
+    baseline = {
+        "schema": BASELINE_SCHEMA,
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "reference": {k: v for k, v in reference.items() if k in ("name", "source_digest", "files", "sources")},
+        "proxy": {**dataclasses.asdict(proxy), "nproc": nproc},
+        "target": {
+            "val_bpb": target,
+            "rows": "monitor",
+            "step": proxy.target_step,
+            "proxy_steps": proxy.steps,
+            "repetitions": len(runs),
+        },
+        "harness": harness_provenance(),
+        "machine": here,
+        "fingerprint": profiles.fingerprint(),
+        "repetitions": repetitions,
+    }
+    path = args.baseline or BASELINE_DIR / f"{profile.name}.json"
+    atomic_write_json(path, baseline)
+    times = summarize([r["time_to_target_s"] for r in repetitions])
+    print(
+        f"baseline: {path}: target val_bpb {target:.4f} (step {proxy.target_step} of {proxy.steps}, spread "
+        f"{min(at_target_step):.4f}-{max(at_target_step):.4f}); time to target {times.mean:.2f} ± {times.sd:.2f} s"
+    )
+    return EXIT_PASS
+
+
+def check(args: argparse.Namespace, profile: profiles.Profile, started: float) -> int:
+    """The A/B check (or, with --drift, the reference alone against its stored times)."""
+    path = args.baseline or BASELINE_DIR / f"{profile.name}.json"
+    baseline = load_baseline(path, profile, args.submission)
+    proxy = Proxy(**{k: v for k, v in baseline["proxy"].items() if k != "nproc"})
+    name = Path(args.submission).name if args.submission else f"drift_{baseline['reference']['name']}"
+    nproc, here, out = setup(args, profile, name)
+    if nproc != baseline["proxy"]["nproc"]:
+        raise CIError(
+            f"{nproc} processes per run, but the baseline's target was measured with {baseline['proxy']['nproc']}"
+        )
+    mismatches = key_mismatches(baseline["machine"], here)
+    if args.drift and mismatches:
+        text = (
+            f"## harness.ci drift on {profile.name}: not compared\n\n{path} was measured on other hardware or "
+            "software:\n\n" + "\n".join(f"- {m}" for m in mismatches) + "\n\nMeasure a baseline here with "
+            "--update-baseline, in its own reviewed commit.\n"
+        )
+        print(text)
+        atomic_write_json(
+            out / "ci.json",
+            {"verdict": "mismatch", "exit_code": EXIT_MISMATCH, "mismatches": mismatches, "markdown": text},
+        )
+        return EXIT_MISMATCH
+    reference = args.reference or str(write_reference(baseline, out / "reference"))
+    target = baseline["target"]
+    runner = Runner(args, profile, proxy, nproc, out)
+    candidate = None if args.drift else args.submission
+    attempts: list[Attempt] = []
+
+    def reference_times() -> list[float]:
+        return list(seconds_by_seed(attempts, "A").values())
+
+    def run_pairs(first: int, count: int) -> bool:
+        """Run pairs first.. in plan order; False as soon as a candidate run misses the target (the check fails)."""
+        for spec in runner.plan(reference, candidate, count, first):
+            if spec.side == "A":
+                attempt = runner.run(spec, Stop(target["val_bpb"], steps=proxy.steps))
+                if attempt.time_to_target_s is None:
+                    raise CIError(
+                        f"the reference did not reach the baseline's target val_bpb {target['val_bpb']:.4f} "
+                        f"within {proxy.steps} steps ({attempt.run_dir}): torch or the harness changed its "
+                        f"training; measure the baseline again with --update-baseline"
+                    )
+            else:
+                cap = CAP * max(reference_times())
+                attempt = runner.run(spec, Stop(target["val_bpb"], cap_s=cap, steps=STEP_LIMIT * proxy.steps))
+            attempts.append(attempt)
+            if attempt.side == "B" and attempt.time_to_target_s is None:
+                return False
+        return True
+
+    pairs = (args.repeats or args.pairs) if args.drift else args.pairs
+    print(
+        f"harness.ci: {candidate or 'drift of the reference'} on {profile.name}: target val_bpb "
+        f"{target['val_bpb']:.4f}, {pairs} {'runs' if args.drift else 'pairs'}, runs in {out / 'runs'}",
+        flush=True,
+    )
+    verdict = None
+    if args.drift:
+        run_pairs(0, pairs)
+    else:
+        reached, done = run_pairs(0, pairs), pairs
+        while True:
+            pairs_done = paired(seconds_by_seed(attempts, "A"), seconds_by_seed(attempts, "B"))
+            verdict = judge(pairs_done, proxy.floor, unreached=0 if reached else 1)
+            if verdict.outcome != "inconclusive" or done >= args.max_pairs:
+                break
+            print(
+                f"the candidate is {verdict.sentence}; one more pair ({done + 1} of at most {args.max_pairs})",
+                flush=True,
+            )
+            reached, done = run_pairs(done, 1), done + 1
+    drift = {**drift_rows(baseline, seconds_by_seed(attempts, "A"), here, proxy.floor), "gating": args.drift}
+    elapsed = time.monotonic() - started
+    ref = baseline["reference"]
+    source = f"from {args.reference}" if args.reference else f"stored in {path}"
+    setting = (
+        f"depth {proxy.depth or 'of each submission'}, "
+        f"{f'planned for {proxy.steps} steps' if proxy.capped else 'its own schedule'}"
+    )
+    notes = [
+        f"Rule: fail when a candidate run misses the target within {CAP:g}x the slowest reference run's time, or when "
+        f"the candidate is slower by more than max(noise, floor {proxy.floor:.0%}) with p < {ALPHA:.2g} (a paired "
+        f"t-test on the pairs' log ratios, leaderboard/stats.py). Times are training seconds by the referee's clock, "
+        f"interpolated between evaluations every {proxy.eval_every} steps.",
+        f"Reference: {ref['name']} (source {ref['source_digest'][:12]}, {source}). Runs interleaved A B, B A, ... "
+        f"with seeds 0, 1, ... ({setting}): {len(attempts)} runs in {elapsed / 60:.1f} min.",
+        drift_note(drift),
+    ]
+    if args.drift:
+        failed = drift["compared"] and drift["verdict"]["failed"]
+        title = f"harness.ci drift of {ref['name']} on {profile.name}: {'FAIL' if failed else 'PASS'}"
+    else:
+        failed = verdict.failed
+        title = f"harness.ci: {name} on {profile.name}: {'FAIL' if failed else 'PASS'}"
+    text = markdown(title, target, attempts, verdict, notes)
+    print(text)
+    code = EXIT_REGRESSION if failed else EXIT_PASS
+    result = {
+        "verdict": "fail" if failed else "pass",
+        "exit_code": code,
+        "submission": args.submission,
+        "profile": profile.name,
+        "baseline": str(path),
+        "target": target,
+        "rule": {"cap": CAP, "floor": proxy.floor, "alpha": ALPHA},
+        "outcome": dataclasses.asdict(verdict) if verdict else None,
+        "drift": drift,
+        "runs": [dataclasses.asdict(a) for a in attempts],
+        "elapsed_s": round(elapsed, 1),
+        "markdown": text,
+    }
+    atomic_write_json(out / "ci.json", result)
     print(f"ci: {out / 'ci.json'}")
     return code
 
