@@ -60,7 +60,7 @@ BASELINE_DIR = REPO_ROOT / "leaderboard" / "ci"
 BASELINE_SCHEMA = 2
 EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_MISMATCH = 0, 1, 2, 3
 PAIRS = 3  # reference + candidate pairs of a check (the paired t-test has pairs - 1 degrees of freedom)
-EXTRA_PAIRS = 2  # a slowdown beyond the tolerance that is not yet significant gets up to this many more pairs
+EXTRA_PAIRS = 2  # a difference beyond the tolerance that is not yet significant gets up to this many more pairs
 REPEATS = 5  # reference runs of a baseline (seeds 0..4)
 CAP = 2.0  # a candidate run that has not reached the target after CAP x the slowest reference run has failed
 STEP_LIMIT = 4  # ... and one that has run STEP_LIMIT x the proxy run's steps (whatever its time) has too
@@ -161,6 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--update-baseline and --drift are separate jobs: measure the baseline first, then track drift")
     if args.submission is None and not args.drift:
         p.error("name the candidate submission (or the reference, with --update-baseline)")
+    if args.drift and (args.submission or args.reference):
+        p.error("--drift runs the baseline's stored reference alone: name no submission and no --reference")
     if not args.update_baseline and any(
         getattr(args, n) is not None for n in ("steps", "fraction", "depth", "eval_every")
     ):
@@ -233,7 +235,7 @@ def time_to_target(
 class Verdict:
     """The rule applied to paired reference and candidate times: the outcome, whether it fails, and the numbers."""
 
-    outcome: str  # slower | not reached | inconclusive | faster | within tolerance
+    outcome: str  # slower | not reached (both fail) | faster | inconclusive | within tolerance
     failed: bool
     pairs: int
     ratio: float  # candidate / reference: the geometric mean of the pairs' ratios
@@ -256,8 +258,9 @@ def judge(pairs: list[tuple[float, float]], floor: float, unreached: int = 0) ->
     logs = [math.log(b / a) for a, b in pairs]
     if unreached:
         ratio = math.exp(statistics.fmean(logs)) if logs else math.nan
-        sentence = f"{unreached} candidate run(s) did not reach the target within the cap ({CAP:g}x the slowest "
-        sentence += "reference run's time)"
+        runs = "run" if unreached == 1 else "runs"
+        sentence = f"did not reach the target within the cap ({CAP:g}x the slowest reference run's time) in "
+        sentence += f"{unreached} {runs}"
         return Verdict("not reached", True, len(logs), ratio, (math.nan,) * 2, math.nan, math.nan, math.nan, floor,
                        sentence)  # fmt: skip
     if len(logs) < 2:
@@ -274,16 +277,19 @@ def judge(pairs: list[tuple[float, float]], floor: float, unreached: int = 0) ->
         f"that it is slower, {fmt_p(p_faster)} that it is faster; tolerance {tolerance:.1%} = max(noise "
         f"{noise:.1%}, floor {floor:.0%}))"
     )
-    slowdown = ratio - 1
-    if slowdown > tolerance and p_slower < ALPHA:
-        outcome, failed, sentence = "slower", True, f"slower by {slowdown:.1%}: {numbers}"
-    elif slowdown > tolerance:
+    change = ratio - 1
+    if change > tolerance and p_slower < ALPHA:
+        outcome, failed, sentence = "slower", True, f"is slower by {change:.1%}: {numbers}"
+    elif change < 0 and p_faster < ALPHA:
+        outcome, failed, sentence = "faster", False, f"is faster by {-change:.1%}: {numbers}"
+    elif abs(change) > tolerance:  # a difference beyond the tolerance, not significant (yet): more pairs decide
+        word = "slower" if change > 0 else "faster"
         outcome, failed = "inconclusive", False
-        sentence = f"slower by {slowdown:.1%}, beyond the tolerance but not significantly: {numbers}"
-    elif slowdown < 0 and p_faster < ALPHA:
-        outcome, failed, sentence = "faster", False, f"faster by {-slowdown:.1%}: {numbers}"
+        sentence = f"is {word} by {abs(change):.1%}, beyond the tolerance but not significantly: {numbers}"
     else:
-        outcome, failed, sentence = "within tolerance", False, f"not slower beyond the tolerance: {numbers}"
+        outcome, failed = "within tolerance", False
+        sentence = f"is not slower beyond the tolerance ({abs(change):.1%} {'slower' if change > 0 else 'faster'}): "
+        sentence += numbers
     return Verdict(outcome, failed, len(logs), ratio, ci, p_slower, p_faster, noise, tolerance, sentence)
 
 
@@ -385,9 +391,14 @@ def execute(spec: RunSpec, command: list[str], env: dict, stop: Stop) -> Attempt
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             reason = follow(proc, spec.out / "events.jsonl", stop)
-        except BaseException:
-            proc.kill()
-            proc.wait()
+        except BaseException:  # Ctrl-C (the run got the SIGINT too) or an error here: let the run end cleanly
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
             raise
         code = proc.wait()
     record_path = spec.out / "record.json"
@@ -398,8 +409,7 @@ def execute(spec: RunSpec, command: list[str], env: dict, stop: Stop) -> Attempt
             f"log {spec.log} ends with:\n  {tail}"
         )
     record = json.loads(record_path.read_text(encoding="utf-8"))
-    expected = "interrupted" if reason != "end" else "finished"
-    if record["status"] not in (expected, "diverged"):
+    if record["status"] not in ("finished", "interrupted", "diverged"):  # interrupted: stopped here, or by a person
         message = (record.get("error") or {}).get("message", "no error message")
         raise CIError(
             f"run {spec.out.name} ({spec.submission}) {record['status']}: {message}. Full output in "
@@ -453,7 +463,8 @@ class Runner:
                 f"{attempt.time_to_target_s:.2f} s of training"
             )
         elif stop.target is not None:
-            result = f"did not reach val_bpb {stop.target:.4f} ({attempt.steps_completed} steps)"
+            best = min((v for _, v in attempt.evals), default=math.nan)
+            result = f"did not reach val_bpb {stop.target:.4f} (best {best:.4f} in {attempt.steps_completed} steps)"
         else:
             result = f"{attempt.steps_completed} steps, val_bpb {attempt.evals[-1][1]:.4f}" if attempt.evals else ""
         why = {
@@ -531,7 +542,7 @@ def side_summary(times: list[float]) -> str:
 def markdown(title: str, target: dict, attempts: list[Attempt], verdict: Verdict | None, notes: list[str]) -> str:
     lines = [f"## {title}", ""]
     if verdict is not None:
-        lines += [f"**{'FAIL' if verdict.failed else 'PASS'}**: the candidate is {verdict.sentence}.", ""]
+        lines += [f"**{'FAIL' if verdict.failed else 'PASS'}**: the candidate {verdict.sentence}.", ""]
     lines += [
         f"Target: val_bpb {target['val_bpb']:.4f} on the monitor rows, which the reference reaches at step "
         f"{target['step']} of its {target['proxy_steps']}-step proxy run (mean of {target['repetitions']} stored "
@@ -575,7 +586,7 @@ def drift_note(drift: dict) -> str:
         v = drift["verdict"]
         return (
             f"Drift{'' if drift.get('gating') else ' (information)'}: today's reference runs, against the stored "
-            f"runs of the same seeds, are {v['sentence']}."
+            f"runs of the same seeds: it {v['sentence']}."
         )
     if drift["mismatches"]:
         return (
@@ -767,7 +778,7 @@ def check(args: argparse.Namespace, profile: profiles.Profile, started: float) -
             if verdict.outcome != "inconclusive" or done >= args.max_pairs:
                 break
             print(
-                f"the candidate is {verdict.sentence}; one more pair ({done + 1} of at most {args.max_pairs})",
+                f"the candidate {verdict.sentence}; one more pair ({done + 1} of at most {args.max_pairs})",
                 flush=True,
             )
             reached, done = run_pairs(done, 1), done + 1
