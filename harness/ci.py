@@ -539,61 +539,53 @@ def side_summary(times: list[float]) -> str:
     return f"{s.mean:.2f} ± {s.sd:.2f}" if s.n > 1 else f"{s.mean:.2f}"
 
 
-def markdown(title: str, target: dict, attempts: list[Attempt], verdict: Verdict | None, notes: list[str]) -> str:
-    lines = [f"## {title}", ""]
-    if verdict is not None:
-        lines += [f"**{'FAIL' if verdict.failed else 'PASS'}**: the candidate {verdict.sentence}.", ""]
+def markdown(title: str, headline: str | None, target: dict, columns: dict[str, list[dict]], notes: list[str]) -> str:
+    """The summary: the verdict, the target, then per column (reference, candidate; or stored, today) its runs."""
+    lines = [f"## {title}", ""] + ([headline, ""] if headline else [])
     lines += [
         f"Target: val_bpb {target['val_bpb']:.4f} on the monitor rows, which the reference reaches at step "
         f"{target['step']} of its {target['proxy_steps']}-step proxy run (mean of {target['repetitions']} stored "
         "runs).",
         "",
-        "| | reference (A) | candidate (B) |",
-        "|---|---|---|",
+        "| | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
-    side = {s: [a for a in attempts if a.side == s] for s in "AB"}
+    runs = list(columns.values())
 
-    def cell(runs: list[Attempt], key: str) -> str:
-        values = [getattr(a, key) for a in runs if getattr(a, key) is not None]
-        return side_summary(values) if values else "-"
+    def row(label: str, cells: list[str]) -> str:
+        return f"| {label} | " + " | ".join(cells) + " |"
 
-    lines.append(
-        f"| runs (seeds) | {len(side['A'])} ({', '.join(str(a.seed) for a in side['A'])}) | "
-        f"{len(side['B'])} ({', '.join(str(a.seed) for a in side['B'])}) |"
-    )
-    lines.append(
-        f"| time to target (s, mean ± sd) | {cell(side['A'], 'time_to_target_s')} | "
-        f"{cell(side['B'], 'time_to_target_s')} |"
-    )
-    lines.append(f"| steps to target | {cell(side['A'], 'steps_to_target')} | {cell(side['B'], 'steps_to_target')} |")
-    lines.append(
-        f"| median step time (s) | {cell(side['A'], 'step_time_median_s')} | {cell(side['B'], 'step_time_median_s')} |"
-    )
-    pairs = paired(seconds_by_seed(attempts, "A"), seconds_by_seed(attempts, "B"))
+    def summary(key: str) -> list[str]:
+        values = [[r[key] for r in column if r.get(key) is not None] for column in runs]
+        return [side_summary(v) if v else "-" for v in values]
+
+    lines += [
+        row("runs (seeds)", [f"{len(c)} ({', '.join(str(r['seed']) for r in c)})" for c in runs]),
+        row("time to target (s, mean ± sd)", summary("time_to_target_s")),
+        row("steps to target", summary("steps_to_target")),
+        row("median step time (s)", summary("step_time_median_s")),
+    ]
+    first, last = ({r["seed"]: r.get("time_to_target_s") for r in c} for c in (runs[0], runs[-1]))
+    pairs = paired(*({k: v for k, v in side.items() if v is not None} for side in (first, last)))
+    blank = [""] * (len(runs) - 1)
     if pairs:
-        ratios = ", ".join(f"{b / a:.3f}" for a, b in pairs)
-        lines.append(f"| B / A per pair, by seed | | {ratios} |")
-    unreached = [a for a in side["B"] if a.time_to_target_s is None]
-    if unreached:
         lines.append(
-            f"| did not reach the target | | {len(unreached)} (seeds {', '.join(str(a.seed) for a in unreached)}) |"
+            row("time ratio to the first column, by seed", [*blank, ", ".join(f"{b / a:.3f}" for a, b in pairs)])
         )
+    missed = [str(seed) for seed, t in last.items() if t is None]
+    if missed:
+        lines.append(row("did not reach the target", [*blank, f"seeds {', '.join(missed)}"]))
     return "\n".join([*lines, "", *notes]) + "\n"
 
 
 def drift_note(drift: dict) -> str:
     if drift["compared"]:
         v = drift["verdict"]
-        return (
-            f"Drift{'' if drift.get('gating') else ' (information)'}: today's reference runs, against the stored "
-            f"runs of the same seeds: it {v['sentence']}."
-        )
+        what = "Drift" if drift["gating"] else "Drift (information)"
+        return f"{what}: today's reference runs, against the stored runs of the same seeds, {v['sentence']}."
     if drift["mismatches"]:
-        return (
-            "Drift: not compared, the stored baseline was measured on other hardware or software ("
-            + "; ".join(drift["mismatches"])
-            + ")."
-        )
+        differences = "; ".join(drift["mismatches"])
+        return f"Drift: not compared, the stored baseline is from other hardware or software ({differences})."
     return f"Drift: not compared ({drift.get('note', '')})."
 
 
@@ -790,22 +782,32 @@ def check(args: argparse.Namespace, profile: profiles.Profile, started: float) -
         f"depth {proxy.depth or 'of each submission'}, "
         f"{f'planned for {proxy.steps} steps' if proxy.capped else 'its own schedule'}"
     )
-    notes = [
-        f"Rule: fail when a candidate run misses the target within {CAP:g}x the slowest reference run's time, or when "
-        f"the candidate is slower by more than max(noise, floor {proxy.floor:.0%}) with p < {ALPHA:.2g} (a paired "
-        f"t-test on the pairs' log ratios, leaderboard/stats.py). Times are training seconds by the referee's clock, "
-        f"interpolated between evaluations every {proxy.eval_every} steps.",
-        f"Reference: {ref['name']} (source {ref['source_digest'][:12]}, {source}). Runs interleaved A B, B A, ... "
-        f"with seeds 0, 1, ... ({setting}): {len(attempts)} runs in {elapsed / 60:.1f} min.",
-        drift_note(drift),
-    ]
+    today = [dataclasses.asdict(a) for a in attempts if a.side == "A"]
+    run_line = (f"Runs interleaved A B, B A, ... with seeds 0, 1, ... ({setting}): {len(attempts)} runs in "
+                f"{elapsed / 60:.1f} min.")  # fmt: skip
+    rule = (f"slower by more than max(noise, floor {proxy.floor:.0%}) with p < {ALPHA:.2g} (a paired t-test on the "
+            f"log time ratios of runs with the same seed, leaderboard/stats.py)")  # fmt: skip
+    clock = (f"Times are training seconds by the referee's clock, interpolated between evaluations every "
+             f"{proxy.eval_every} steps.")  # fmt: skip
     if args.drift:
         failed = drift["compared"] and drift["verdict"]["failed"]
         title = f"harness.ci drift of {ref['name']} on {profile.name}: {'FAIL' if failed else 'PASS'}"
+        headline = f"**{'FAIL' if failed else 'PASS'}**: " + drift_note(drift)
+        columns = {f"stored {baseline['measured_at']}": baseline["repetitions"], "today": today}
+        notes = [f"Rule: fail when today's reference is {rule} than the stored runs of the same seeds. {clock}",
+                 f"Reference: {ref['name']} (source {ref['source_digest'][:12]}, {source}). {run_line}"]  # fmt: skip
     else:
         failed = verdict.failed
         title = f"harness.ci: {name} on {profile.name}: {'FAIL' if failed else 'PASS'}"
-    text = markdown(title, target, attempts, verdict, notes)
+        headline = f"**{'FAIL' if failed else 'PASS'}**: the candidate {verdict.sentence}."
+        columns = {"reference (A)": today, "candidate (B)": [dataclasses.asdict(a) for a in attempts if a.side == "B"]}
+        notes = [
+            f"Rule: fail when a candidate run misses the target within {CAP:g}x the slowest reference run's time, or "
+            f"when the candidate is {rule}. {clock}",
+            f"Reference: {ref['name']} (source {ref['source_digest'][:12]}, {source}). {run_line}",
+            drift_note(drift),
+        ]
+    text = markdown(title, headline, target, columns, notes)
     print(text)
     code = EXIT_REGRESSION if failed else EXIT_PASS
     result = {
