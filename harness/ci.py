@@ -304,10 +304,6 @@ def fmt_p(p: float) -> str:
     return "n/a" if math.isnan(p) else f"{p:.2g}"
 
 
-def fmt_pct(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:.1%}"
-
-
 # ------------------------------------------------------------------------------------------------
 # One run: the harness in a subprocess, followed through its event log and stopped at the target or the cap
 
@@ -357,13 +353,14 @@ def follow(proc: subprocess.Popen, events_path: Path, stop: Stop) -> str:
         offset += len(complete)
         for line in complete.splitlines():
             event = json.loads(line)
-            value = event.get("value") if isinstance(event.get("value"), dict) else {}
-            trained = value.get("training_time_s")
-            if event["event"] == "val_bpb" and value.get("rows") == "monitor":
-                if stop.target is not None and value["val_bpb"] <= stop.target:
-                    reason = "target"
-            if stop.cap_s is not None and trained is not None and trained > stop.cap_s and reason == "end":
-                reason = "cap"
+            value = event["value"] if isinstance(event.get("value"), dict) else {}
+            trained = value.get("training_time_s")  # the worker's clock: good enough to decide when to stop
+            if reason != "end":
+                break  # the first condition met decides
+            if event["event"] == "val_bpb" and value.get("rows") == "monitor" and stop.target is not None:
+                reason = "target" if value["val_bpb"] <= stop.target else reason
+            if stop.cap_s is not None and trained is not None and trained > stop.cap_s:
+                reason = "cap" if reason == "end" else reason
             if stop.steps is not None and event["event"] == "train_loss" and event["key"] + 1 >= stop.steps:
                 reason = "steps" if reason == "end" else reason
         if reason != "end":
@@ -420,6 +417,8 @@ def execute(spec: RunSpec, command: list[str], env: dict, stop: Stop) -> Attempt
         )
     evals, seconds, first = run_curves(spec.out)
     reached = time_to_target(evals, seconds, first, stop.target) if stop.target is not None else None
+    if reached and stop.cap_s is not None and reached[0] > stop.cap_s:
+        reached = None  # reached after the cap (a step or two ran while the run stopped): too late
     return Attempt(
         side=spec.side,
         seed=spec.seed,
@@ -582,10 +581,10 @@ def markdown(title: str, headline: str | None, target: dict, columns: dict[str, 
 
 
 def drift_note(drift: dict) -> str:
+    """One sentence on today's reference against its stored runs (or why they were not compared)."""
     if drift["compared"]:
-        v = drift["verdict"]
-        what = "Drift" if drift["gating"] else "Drift (information)"
-        return f"{what}: today's reference runs, against the stored runs of the same seeds, {v['sentence']}."
+        sentence = f"today's reference, against its stored runs of the same seeds, {drift['verdict']['sentence']}."
+        return sentence[0].upper() + sentence[1:] if drift["gating"] else f"Drift (information): {sentence}"
     if drift["mismatches"]:
         differences = "; ".join(drift["mismatches"])
         return f"Drift: not compared, the stored baseline is from other hardware or software ({differences})."
@@ -786,8 +785,8 @@ def check(args: argparse.Namespace, profile: profiles.Profile, started: float) -
         f"{f'planned for {proxy.steps} steps' if proxy.capped else 'its own schedule'}"
     )
     today = [dataclasses.asdict(a) for a in attempts if a.side == "A"]
-    run_line = (f"Runs interleaved A B, B A, ... with seeds 0, 1, ... ({setting}): {len(attempts)} runs in "
-                f"{elapsed / 60:.1f} min.")  # fmt: skip
+    order = "Runs with" if args.drift else "Runs interleaved A B, B A, ... with"
+    run_line = f"{order} seeds 0, 1, ... ({setting}): {len(attempts)} runs in {elapsed / 60:.1f} min."
     rule = (f"slower by more than max(noise, floor {proxy.floor:.0%}) with p < {ALPHA:.2g} (a paired t-test on the "
             f"log time ratios of runs with the same seed, leaderboard/stats.py)")  # fmt: skip
     clock = (f"Times are training seconds by the referee's clock, interpolated between evaluations every "
@@ -797,7 +796,7 @@ def check(args: argparse.Namespace, profile: profiles.Profile, started: float) -
         title = f"harness.ci drift of {ref['name']} on {profile.name}: {'FAIL' if failed else 'PASS'}"
         headline = f"**{'FAIL' if failed else 'PASS'}**: " + drift_note(drift)
         columns = {f"stored {baseline['measured_at']}": baseline["repetitions"], "today": today}
-        notes = [f"Rule: fail when today's reference is {rule} than the stored runs of the same seeds. {clock}",
+        notes = [f"Rule: fail when today's reference, against its stored runs of the same seeds, is {rule}. {clock}",
                  f"Reference: {ref['name']} (source {ref['source_digest'][:12]}, {source}). {run_line}"]  # fmt: skip
     else:
         failed = verdict.failed
