@@ -2,7 +2,7 @@
 beside the reference submission's on the same machine, with the verdict from the leaderboard's statistics engine.
 Answers "did this change make the speedrun slower?" in minutes.
 
-    python -m harness.ci submissions/my_idea                      # cpu here: 3 interleaved pairs, about 5 minutes
+    python -m harness.ci submissions/my_idea                      # cpu here: 4 interleaved pairs, about 6 minutes
     python -m harness.ci submissions/my_idea --pairs 5            # more pairs: a sharper verdict
     python -m harness.ci submissions/my_idea --profile 8xh100     # on the node: 8 processes per run (torchrun)
     python -m harness.ci submissions/climbmix --update-baseline   # measure the reference: its target, its times
@@ -23,8 +23,8 @@ How a check works (docs/ci.md gives the reasons and each profile's figures):
    slower than the reference by more than max(noise, floor) with p < 0.05: a one-sided paired t-test on the pairs'
    log time ratios (``leaderboard.stats.one_sample_greater``), so that the seed's effect and the machine's speed of
    the moment cancel within a pair. Noise is one run's relative timing noise (the sd of the log ratios / sqrt 2),
-   floor the profile's. A slowdown beyond the tolerance that is not significant yet adds pairs, up to
-   ``--max-pairs``, before the verdict.
+   floor the profile's. A difference beyond the tolerance that is not significant yet adds two pairs, up to
+   ``--max-pairs`` and within the profile's time budget (10 minutes on CPU), before the verdict.
 5. Drift. When this machine's hardware and software match the stored baseline's, the reference's times are also
    compared with the stored ones by the same rule: information in a check, the verdict of ``--drift``.
 
@@ -60,8 +60,12 @@ from leaderboard.stats import one_sample_greater, summarize
 BASELINE_DIR = REPO_ROOT / "leaderboard" / "ci"
 BASELINE_SCHEMA = 2
 EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_MISMATCH = 0, 1, 2, 3
-PAIRS = 3  # reference + candidate pairs of a check (the paired t-test has pairs - 1 degrees of freedom)
+# Reference + candidate pairs of a check. Even: the order alternates A B, B A, so a drift of the machine's speed
+# during the check (other jobs starting or ending) favours each side in as many pairs; measured here, 3 pairs under a
+# falling load put a copy sleeping 20% of each step at +9%.
+PAIRS = 4
 EXTRA_PAIRS = 2  # a difference beyond the tolerance that is not yet significant gets up to this many more pairs
+BUDGET_S = {"cpu": 600.0}  # ... unless they would take the check past this (docs/ci.md: at most 10 minutes on CPU)
 REPEATS = 5  # reference runs of a baseline (seeds 0..4)
 CAP = 2.0  # a candidate run that has not reached the target after CAP x the slowest reference run has failed
 STEP_LIMIT = 4  # ... and one that has run STEP_LIMIT x the proxy run's steps (whatever its time) has too
@@ -769,13 +773,15 @@ def check(args: argparse.Namespace, profile: profiles.Profile, started: float) -
         while True:
             pairs_done = paired(seconds_by_seed(attempts, "A"), seconds_by_seed(attempts, "B"))
             verdict = judge(pairs_done, proxy.floor, unreached=0 if reached else 1)
-            if verdict.outcome != "inconclusive" or done >= args.max_pairs:
+            more = min(2, args.max_pairs - done)  # two at a time: both orders again
+            if verdict.outcome != "inconclusive" or more < 1:
                 break
-            print(
-                f"the candidate {verdict.sentence}; one more pair ({done + 1} of at most {args.max_pairs})",
-                flush=True,
-            )
-            reached, done = run_pairs(done, 1), done + 1
+            budget, run_s = BUDGET_S.get(profile.name), statistics.fmean(a.wall_s for a in attempts)
+            if budget and time.monotonic() - started + 2 * more * run_s > budget:
+                print(f"the candidate {verdict.sentence}; no time for more pairs within {budget / 60:.0f} minutes")
+                break
+            print(f"the candidate {verdict.sentence}; {more} more pair(s), up to {args.max_pairs}", flush=True)
+            reached, done = run_pairs(done, more), done + more
     drift = {**drift_rows(baseline, seconds_by_seed(attempts, "A"), here, proxy.floor), "gating": args.drift}
     elapsed = time.monotonic() - started
     ref = baseline["reference"]
