@@ -47,8 +47,8 @@ from harness.fileio import atomic_write_json
 from harness.hookspecs import Run
 from harness.plugins import SubmissionError, load_submission
 from harness.record import REPO_ROOT, harness_provenance
+from harness.stats import summarize
 from harness.tokenizer import SPECIAL_TOKENS
-from leaderboard.stats import summarize
 
 BASELINE_DIR = REPO_ROOT / "leaderboard" / "ci"
 BASELINE_SCHEMA = 1

@@ -45,7 +45,8 @@ from pathlib import Path
 
 from harness import profiles
 from harness.plugins import SubmissionError, load_submission
-from leaderboard.stats import CONFIDENCE, Comparison, compare_samples
+from harness.run import parse_args as harness_parse_args
+from harness.stats import CONFIDENCE, Comparison, compare_samples
 
 ALPHA = 1 - CONFIDENCE  # two-sided: p < ALPHA exactly when the 95% interval of the difference excludes zero
 LOSS_FRACTIONS = (0.25, 0.5, 0.75)  # loss compared a quarter, half and three quarters into training (and at the end)
@@ -443,8 +444,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if owned:
         p.error(f"{', '.join(owned)}: set by this command for each run; use its own --out, --seed, --depth(s)")
     # Check the pass-through flags with the harness's own parser now, not after the first run fails on them.
-    from harness.run import parse_args as harness_parse_args
-
     try:
         harness_parse_args([args.a, *extra])
     except SystemExit:

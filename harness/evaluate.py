@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def program_path(model: Path) -> Path:
     """The program file of a run directory, its model/ folder, or the file itself."""
-    from harness.checkpoint import MODEL_DIR, PROGRAM_FILE
+    from harness.checkpoint import MODEL_DIR, PROGRAM_FILE  # here, not at the top: see main()
 
     if (model / MODEL_DIR).is_dir():
         model = model / MODEL_DIR
@@ -70,6 +70,7 @@ def program_path(model: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Imported once the arguments are good: --help and usage errors answer without loading torch.
     import torch
 
     from evals.bpb import evaluate_bpb

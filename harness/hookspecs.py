@@ -81,10 +81,6 @@ class Plan:
             )
         return self.total_batch_tokens // per_micro_step
 
-    @property
-    def total_tokens(self) -> int:
-        return self.num_steps * self.total_batch_tokens
-
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (device_batch, seq_len) int64
 Schedule = Callable[[int], dict[str, float]]

@@ -473,7 +473,7 @@ def validation_rows(
 
     Best-fit packed from the validation shard in file order, exactly like training rows. It depends on nothing
     but its arguments (not world size, not batch size), so every configuration evaluates the same tokens: give
-    rank r the rows r::world_size (see iter_validation_batches).
+    rank r the rows r::world_size (evals.bpb does).
     """
     num_rows = num_tokens // seq_len
     if num_rows < 1:
@@ -507,14 +507,3 @@ def validation_rows(
             f"{num_rows} asked for; ask for at most num_tokens={made * seq_len}"
         )
     return out
-
-
-def iter_validation_batches(
-    rows: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1, device: str = "cpu"
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share (rows rank::world_size) of the validation rows as (inputs, targets) batches on ``device``;
-    the last batch may be smaller. Sum losses and byte counts locally, then all-reduce once."""
-    mine = rows[rank::world_size]
-    for i in range(0, len(mine), batch_size):
-        batch = mine[i : i + batch_size].to(device, non_blocking=True)
-        yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jsonschema
 
+from harness.clock import read_events
 from harness.fileio import atomic_write_json, sha256_file
 
 SCHEMA_PATH = Path(__file__).with_name("record.schema.json")
@@ -103,8 +104,6 @@ def record_sha256(run_dir: Path) -> str:
 
 def record_digest_problem(run_dir: Path) -> str | None:
     """Whether record.json is the file the referee wrote: its sha256 against the last line of events.jsonl."""
-    from harness.clock import read_events
-
     run_dir = Path(run_dir)
     events = read_events(run_dir / "events.jsonl")
     written = next((e["value"] for e in reversed(events) if e.get("event") == "record_written"), None)

@@ -35,13 +35,12 @@ import torch
 from filelock import Timeout
 
 from evals.bundle import load_bundle, resolve_bundle
-from harness import profiles
+from harness import flops, profiles
 from harness.channel import CLOSED, Channel
 from harness.clock import EventLog
 from harness.data import get_tokenizer, prepare_dataset
 from harness.evaluate import isolated_command
-from harness.fileio import atomic_write_json, file_lock
-from harness.guard import check_free_space
+from harness.fileio import atomic_write_json, check_free_space, file_lock
 from harness.loader import validation_rows
 from harness.plugins import SubmissionError, describe_folder, locate_submission
 from harness.record import (
@@ -52,6 +51,7 @@ from harness.record import (
     record_sha256,
     write_record,
 )
+from harness.referee import judge
 from harness.report import Progress, new_record, summary_table
 from harness.watch import FileWatch, become_subreaper, changed_since, library_roots, reap_descendants
 
@@ -154,6 +154,12 @@ class Config:
     wandb: str | None
     world_size: int  # torchrun's WORLD_SIZE (1 without torchrun)
 
+    def to_json(self) -> dict:
+        """What the record keeps of the configuration (the command line is in record["command"])."""
+        fields = ("seed", "depth", "max_steps", "max_per_task", "core", "checkpoint_every", "eval_every", "resume",
+                  "train_shards", "world_size")  # fmt: skip
+        return {name: getattr(self, name) for name in fields}
+
     @classmethod
     def resolve(cls, args: argparse.Namespace, argv: list[str], profile: profiles.Profile) -> Config:
         asked = profile.core_max_per_task if args.max_per_task is None else args.max_per_task
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    record.update(profile=profile.name, fingerprint=fp)
+    record.update(profile=profile.name, fingerprint=fp, config=config.to_json())
 
     # ---- output directory: writable with room to spare, one run at a time, never over a finished record
     out = config.out
@@ -240,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         reap_descendants()
 
-    # ---- record: the submission's observers see a copy; then the referee writes it, once, atomically
+    # ---- record: judged, shown to the submission's observers as a copy, then written once, atomically
     referee.record_progress()
+    record["eligibility"] = judge(record).to_json()
     referee.observe(signals)
     signals.deferring = True  # a signal now is noted, not allowed to cut the record short
     referee.close_phases()
@@ -416,7 +423,7 @@ class Referee:
         atomic_write_json(inputs / "worker.json", worker_config)
         check_free_space(out, 1 << 30)
         if config.wandb:
-            from harness.wandb_observer import WandbObserver
+            from harness.wandb_observer import WandbObserver  # only when asked for: importing wandb takes seconds
 
             self.wandb = WandbObserver(
                 config.wandb, out.name, {"submission": config.submission, "profile": profile.name, "argv": config.argv}
@@ -472,7 +479,6 @@ class Referee:
                                      core_tasks=core["per_task"])  # fmt: skip
             record["eval_bundle"].update(max_per_task=config.max_per_task or -1, evaluated_in="referee")
             self.events.write("core", self.step, core["core"] if core["core"] is not None else core["core_partial"])
-        record["eligibility"] = eligibility(config, record, bundle, dataset, self.budget_report(), left_behind)
         if self.wandb is not None:
             self.wandb.run_finished(record)
 
@@ -647,11 +653,17 @@ class Referee:
         plan = self.reports["plan"]
         step_time = sum(self.step_seconds) / max(1, len(self.step_seconds))
         tokens_per_s = plan["plan"]["total_batch_tokens"] / max(step_time, 1e-9)
-        peak = profiles.peak_flops_of(self.record["fingerprint"])
-        mfu = plan["plan"]["flops_per_token"] * tokens_per_s / (peak * plan["run"]["world_size"]) if peak else None
         metrics = {k: v for k, v in message.items() if k not in ("kind", "step")}
         remaining = plan["plan"]["num_steps"] - self.step
-        return {**metrics, "tokens_per_s": tokens_per_s, "mfu": mfu, "eta_s": step_time * remaining}
+        return {**metrics, "tokens_per_s": tokens_per_s, "mfu": self.mfu(tokens_per_s), "eta_s": step_time * remaining}
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation of the fingerprinted GPUs (None on CPU or an unlisted GPU)."""
+        gpus = self.record["fingerprint"]["gpus"]
+        if not gpus or self.plan_report is None:
+            return None
+        plan, world = self.plan_report["plan"], self.plan_report["run"]["world_size"]
+        return flops.mfu(plan["flops_per_token"], tokens_per_s, gpus[0]["name"], num_gpus=world)
 
     def hung(self) -> str | None:
         """Why the worker counts as hung, or None: no message for longer than the limit of what it is doing."""
@@ -708,6 +720,7 @@ class Referee:
         """What the referee knows of training, however the run ended: the plan, the steps it saw completed, their
         times by both clocks, tokens and the loss curve. Called once, just before the record is written."""
         record, reports = self.record, self.reports
+        self.budget_report()
         plan = self.plan_report
         if plan is None:
             return
@@ -734,10 +747,7 @@ class Referee:
         if self.step_seconds:
             batch = record["plan"]["total_batch_tokens"]
             metrics["tokens_per_s"] = batch * len(self.step_seconds) / max(sum(self.step_seconds), 1e-9)
-            peak = profiles.peak_flops_of(record["fingerprint"])
-            if peak:
-                flops = record["plan"]["flops_per_token"] * metrics["tokens_per_s"]
-                metrics["mfu"] = flops / (peak * plan["run"]["world_size"])
+            metrics["mfu"] = self.mfu(metrics["tokens_per_s"])
 
     def record_summary(self) -> None:
         """What the worker reported at the end of training: its totals, its proof of data, what it imported."""
@@ -857,38 +867,6 @@ def monitor_rows(val_file: Path, tokenizer, profile: profiles.Profile) -> torch.
     wanted = (profile.val_tokens + profile.monitor_tokens) // profile.seq_len
     rows = validation_rows(val_file, tokenizer, wanted * profile.seq_len, profile.seq_len, exact=False)
     return rows[first:] if len(rows) > first else None
-
-
-def eligibility(config: Config, record: dict, bundle, dataset, budgets: dict, left_behind: list[int]) -> dict:
-    """Why this run could not set a record; empty reasons mean eligible."""
-    profile = config.profile
-    reasons = []
-    if not profile.record_eligible:
-        reasons.append(f"profile {profile.name!r} is not the record profile (8xh100)")
-    reasons += profiles.calibration_shortfalls(profile, record["calibration"]) if profile.record_eligible else []
-    if config.resume:
-        reasons.append("resumed from a checkpoint")
-    if config.max_steps and config.max_steps != profile.max_steps:
-        reasons.append(f"--max-steps {config.max_steps} caps the planned training")
-    if not config.core or bundle is None:
-        reasons.append("CORE not evaluated (--no-core)")
-    elif bundle.missing_labels:
-        reasons.append(f"eval bundle is partial (missing {', '.join(bundle.missing_labels)})")
-    if config.max_per_task is not None:
-        reasons.append("CORE evaluated on a per-task cap, not on every record")
-    reasons += dataset.not_eligible
-    if record["harness"]["dirty"]:
-        changed = record["harness"].get("changed") or []
-        reasons.append(
-            f"uncommitted changes in {', '.join(changed[:5])}" if changed else "the harness has uncommitted changes"
-        )
-    for name, used in budgets.items():
-        if used["seconds"] > used["budget"]:
-            reasons.append(f"untimed phase {name} took {used['seconds']:.1f} s, over its budget of "
-                           f"{used['budget']:.1f} s")  # fmt: skip
-    if left_behind:
-        reasons.append(f"the worker left {len(left_behind)} processes running after it exited (ended by the referee)")
-    return {"eligible": not reasons, "reasons": reasons}
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 import traceback
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,10 +39,9 @@ from harness.channel import Link
 from harness.clock import Clock
 from harness.export import ExportError, export_model
 from harness.fileio import sha256_file
-from harness.guard import RunInterrupted, StopSignal, call_hook, hook_file
 from harness.hookspecs import Plan, Run
 from harness.loader import TrainLoader
-from harness.plugins import Submission, SubmissionError, load_submission
+from harness.plugins import RunInterrupted, Submission, SubmissionError, call_hook, hook_file, load_submission
 from harness.tokenizer import Tokenizer
 
 SETUP_TIMEOUT = timedelta(minutes=60)  # rank 0's referee may train a tokenizer while the other ranks wait
@@ -249,6 +250,59 @@ def main(argv: list[str] | None = None) -> int:
         if place.world_size > 1 and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
     return 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Stop signals
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into RunInterrupted: at once outside training, at a step boundary inside it.
+
+    While ``deferred()`` is active (the training loop), a signal is only noted; the loop calls ``raise_if_stopping``
+    after each step is complete and recorded, and with several ranks all of them agree on the answer, so they
+    stop at the same step and can save one checkpoint together.
+    """
+
+    def __init__(self):
+        self.received: str | None = None
+        self.deferring = False
+
+    def install(self) -> StopSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        if not self.deferring:
+            raise RunInterrupted(f"received {self.received}")
+
+    @contextmanager
+    def deferred(self):
+        """Note signals instead of raising them, so a step and its bookkeeping are never cut in half."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
+    def raise_if_stopping(self, agree) -> None:
+        """At a step boundary: raise RunInterrupted (agreed) when any rank received a signal.
+
+        ``agree(flag) -> bool`` combines this rank's flag with every other rank's (any of them); every rank must
+        call this at the same boundary.
+        """
+        if agree(self.received is not None):
+            why = f"received {self.received}" if self.received else "another rank received a stop signal"
+            exc = RunInterrupted(why)
+            exc.agreed = True
+            raise exc
+
+    @staticmethod
+    def uninstall() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,5 +3,5 @@
     python -m leaderboard add RUN_DIR...     # validate and file runs (leaderboard/store.py)
     python -m leaderboard render             # regenerate README.md, dev/README.md, stats.md, index.html
 
-``leaderboard.stats`` is the only place statistics are computed; see leaderboard/README.md for the rule.
+``harness.stats`` is the only place statistics are computed; see leaderboard/README.md for the rule.
 """

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from harness.fileio import file_lock
-from leaderboard.render import render
+from leaderboard.build import render
 from leaderboard.store import PACKAGE_DIR, TRACKS, LeaderboardError, RejectedRuns, add_entry
 
 

@@ -6,7 +6,7 @@ curves overlaid (against step or training time) and per-task CORE of B against A
 
 The page's markup, style and script live in ``templates/``; the charts are uPlot's, inlined by
 ``harness.webpage`` (which also makes the embedded JSON and the template filling injection-proof). This module
-fills in the tables (pandas, HTML-escaped) and the data computed by ``leaderboard.stats``; curves are read from
+fills in the tables (pandas, HTML-escaped) and the data computed by ``harness.stats``; curves are read from
 the runs' event logs by ``harness.curves``, as ``python -m harness.plot`` reads them.
 """
 
@@ -16,9 +16,9 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness import stats
 from harness.curves import run_curves, thin
 from harness.webpage import CHARTS_JS, UPLOT_CSS, UPLOT_JS, escape, fill, script_json
-from leaderboard import stats
 from leaderboard.render import Judged, dev_frame, finite, html_table, record_frame, rule_text
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

@@ -2,7 +2,7 @@
 
     render()            # leaderboard/README.md table, dev/README.md table, each entry's stats.md, index.html
 
-Every number comes from ``leaderboard.stats`` applied to the runs under ``records/`` (and ``dev/records/``)
+Every number comes from ``harness.stats`` applied to the runs under ``records/`` (and ``dev/records/``)
 plus the reference rows in ``reference.json``; nothing is typed in by hand. Output is deterministic: no
 clock, no randomness, sorted keys, so the same records give byte-identical files (a test checks it).
 
@@ -21,9 +21,8 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from harness.fileio import atomic_write_text
-from leaderboard import stats
-from leaderboard.store import PACKAGE_DIR, TRACK_DIRS, Entry, LeaderboardError, load_entries, record_track_checks
+from harness import referee, stats
+from leaderboard.store import PACKAGE_DIR, TRACK_DIRS, Entry, LeaderboardError, record_track_checks
 
 REFERENCE_PATH = PACKAGE_DIR / "reference.json"
 RECORD_COLUMNS = [
@@ -47,7 +46,7 @@ class Judged:
 
     entry: Entry
     number: int
-    assessment: stats.Assessment
+    assessment: referee.Assessment
     status: str
     against: Entry | None  # the record in force when it was filed (record track only)
     partial: bool = False  # CORE is core_partial (development board only)
@@ -83,7 +82,7 @@ def judge_record_track(entries: list[Entry], target: float, first_number: int) -
     for i, entry in enumerate(entries):
         times = _times(entry)
         record_times = _times(record.entry) if record else None
-        a = stats.assess(times, _metric(entry, "core"), _metric(entry, "val_bpb"), target, record_times)
+        a = referee.assess(times, _metric(entry, "core"), _metric(entry, "val_bpb"), target, record_times)
         item = Judged(entry, first_number + i, a, a.verdict, record.entry if record else None)
         if a.beats_record:
             if record is not None:
@@ -101,7 +100,7 @@ def judge_dev_board(entries: list[Entry], target: float) -> list[Judged]:
         partial = any(c is None for c in cores)
         if partial:
             cores = _metric(entry, "core_partial")
-        a = stats.assess(_times(entry), cores, _metric(entry, "val_bpb"), target)
+        a = referee.assess(_times(entry), cores, _metric(entry, "val_bpb"), target)
         why = sorted({c.name for run in entry.runs for c in record_track_checks(run.record) if not c.passed})
         status = f"development ({', '.join(why)})" if why else "development (record-eligible runs filed here)"
         judged.append(Judged(entry, i + 1, a, status, None, partial))
@@ -227,10 +226,10 @@ def replace_between(text: str, marker: str, content: str, path: Path) -> str:
 
 def rule_text(reference: dict) -> str:
     return (
-        f"In force (from `leaderboard/stats.py`): at least **{stats.MIN_RUNS}** runs with distinct seeds; "
+        f"In force (from `harness/referee.py`): at least **{referee.MIN_RUNS}** runs with distinct seeds; "
         f"mean CORE above **{reference['target']['core']}** by a one-sided one-sample t-test with "
-        f"**p < {stats.ALPHA}**; and, when a record exists, mean training time below it by Welch's one-sided "
-        f"t-test with **p < {stats.ALPHA}** and a speedup of at least **{stats.MIN_SPEEDUP}x**.\n"
+        f"**p < {referee.ALPHA}**; and, when a record exists, mean training time below it by Welch's one-sided "
+        f"t-test with **p < {referee.ALPHA}** and a speedup of at least **{referee.MIN_SPEEDUP}x**.\n"
     )
 
 
@@ -307,42 +306,6 @@ def stats_markdown(j: Judged, target: float) -> str:
                 f"{_num(c.ratio_ci_high, 4)}].\n"
             )
     return "\n".join(out)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Everything
-
-
-def render(root: str | Path = PACKAGE_DIR) -> list[Path]:
-    """Regenerate every generated file under ``root``; returns the paths written."""
-    from leaderboard import page  # here: page imports this module
-
-    root = Path(root)
-    reference = load_reference()
-    target = reference["target"]["core"]
-    first_number = len(reference["rows"])
-    record = judge_record_track(load_entries(root, "record"), target, first_number)
-    dev = judge_dev_board(load_entries(root, "dev"), target)
-    written = []
-    for j in record + dev:
-        path = j.entry.path / "stats.md"
-        atomic_write_text(path, stats_markdown(j, target))
-        written.append(path)
-    readme = root / "README.md"
-    if not readme.exists():
-        raise LeaderboardError(f"{readme} is missing; restore it from git (it holds the table markers)")
-    text = readme.read_text(encoding="utf-8")
-    text = replace_between(text, "table", markdown(record_frame(record, reference)), readme)
-    text = replace_between(text, "rule", rule_text(reference), readme)
-    atomic_write_text(readme, text)
-    dev_readme = root / "dev" / "README.md"
-    if not dev_readme.exists():
-        raise LeaderboardError(f"{dev_readme} is missing; restore it from git (it holds the dev table markers)")
-    dev_text = replace_between(dev_readme.read_text(encoding="utf-8"), "dev", markdown(dev_frame(dev)), dev_readme)
-    atomic_write_text(dev_readme, dev_text)
-    index = root / "index.html"
-    atomic_write_text(index, page.build_page(record, dev, reference))
-    return [*written, readme, dev_readme, index]
 
 
 def html_table(df: pd.DataFrame, table_id: str) -> str:

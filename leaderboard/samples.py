@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from harness.fileio import atomic_write_json, atomic_write_text
+from harness.referee import judge
 from leaderboard.store import PACKAGE_DIR, PINNED
 
 # The 22 CORE labels (core-eval.md); per-task values are spread around the run's CORE so that they average to it.
@@ -68,67 +69,79 @@ def sample_record(
     }
     partial = bool(missing_labels)
     steps = 200
-    return {
-        "schema_version": 1,
-        "status": status,
-        "submission": {
-            "name": name,
-            "path": f"submissions/{name}",
-            "source_digest": _digest("".join(f"{p}\0{d}\n" for p, d in sorted(files.items()))),
-            "overrides": ["build_model"],
-            "files": files,
-            "sources": sources,
-        },
-        "harness": {"version": "0.1.0", "commit": commit, "dirty": False, "source_digest": harness_digest},
-        "command": ["python", "-m", "harness.run", "--seed", str(seed)],
-        "started_at": started_at,
-        "finished_at": started_at.replace("T10:", "T12:"),
-        "environment": {"python": "3.11.7", "torch": "2.5.1"},
-        "profile": profile,
-        "fingerprint": {
-            "python": "3.11.7",
-            "torch": "2.5.1",
-            "cpu_model": "sample",
-            "gpu_count": 8,
-            "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_gb": 79.6}] * 8,
-        },  # fmt: skip
-        "calibration": {"matmul_tflops": 720.0, "memory_gbps": 2800.0},
-        "eligibility": {"eligible": eligible, "reasons": [] if eligible else ["calibration below the floor"]},
-        "resumed": resumed,
-        "run": {"seed": seed, "world_size": 8, "dtype": "bfloat16", "depth": 24, "device": "cuda"},
-        "plan": {
-            "num_steps": steps,
-            "total_batch_tokens": 1 << 20,
-            "device_batch": 16,
-            "seq_len": 2048,
-            "grad_accum": 4,
-            "flops_per_token": 4.9e9,
-            "notes": "sample",
-        },  # fmt: skip
-        "data": {
-            "dataset": "climbmix",
-            "digest": DATA_DIGEST,
-            "pinned": True,
-            "stream_digest": _digest(str(seed)),
-            "tokens_consumed": steps << 20,
-        },  # fmt: skip
-        "tokenizer": {"digest": TOKENIZER_DIGEST, "vocab_size": 32768},
-        "eval_bundle": {"path": "eval_bundle", "digest": eval_bundle_digest, "missing_labels": list(missing_labels)},
-        "training_time_s": training_time_s,
-        "wall_time_s": training_time_s + 600.0,
-        "phases": {"train": training_time_s, "eval": 500.0},
-        "steps_completed": steps,
-        "metrics": {
-            "final_loss": 2.5,
-            "val_bpb": val_bpb,
-            "core": None if partial else core,
-            "core_partial": mean,
-            "core_label": "core_partial" if partial else "CORE",
-            "core_tasks": tasks,
-        },
-        "loss_curve": [[s, _loss(s, seed)] for s in range(0, steps, 20)],
-        "error": None,
-    }
+    return judged(
+        {
+            "schema_version": 1,
+            "status": status,
+            "submission": {
+                "name": name,
+                "path": f"submissions/{name}",
+                "source_digest": _digest("".join(f"{p}\0{d}\n" for p, d in sorted(files.items()))),
+                "overrides": ["build_model"],
+                "files": files,
+                "sources": sources,
+            },
+            "harness": {"version": "0.1.0", "commit": commit, "dirty": False, "source_digest": harness_digest},
+            "command": ["python", "-m", "harness.run", "--seed", str(seed)],
+            "started_at": started_at,
+            "finished_at": started_at.replace("T10:", "T12:"),
+            "environment": {"python": "3.11.7", "torch": "2.5.1"},
+            "profile": profile,
+            "fingerprint": {
+                "python": "3.11.7",
+                "torch": "2.5.1",
+                "cpu_model": "sample",
+                "gpu_count": 8,
+                "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_gb": 79.6}] * 8,
+            },  # fmt: skip
+            # An H100 node's calibration, or one under the 8xh100 floor when the run must not be eligible.
+            "calibration": {"matmul_tflops": 720.0 if eligible else 500.0, "memory_gbps": 2800.0},
+            "eligibility": {"eligible": False, "reasons": []},  # judged below, as the referee does
+            "resumed": resumed,
+            "run": {"seed": seed, "world_size": 8, "dtype": "bfloat16", "depth": 24, "device": "cuda"},
+            "plan": {
+                "num_steps": steps,
+                "total_batch_tokens": 1 << 20,
+                "device_batch": 16,
+                "seq_len": 2048,
+                "grad_accum": 4,
+                "flops_per_token": 4.9e9,
+                "notes": "sample",
+            },  # fmt: skip
+            "data": {
+                "dataset": "climbmix",
+                "digest": DATA_DIGEST,
+                "pinned": True,
+                "stream_digest": _digest(str(seed)),
+                "tokens_consumed": steps << 20,
+            },  # fmt: skip
+            "tokenizer": {"digest": TOKENIZER_DIGEST, "vocab_size": 32768},
+            "eval_bundle": {
+                "path": "eval_bundle",
+                "digest": eval_bundle_digest,
+                "missing_labels": list(missing_labels),
+            },
+            "training_time_s": training_time_s,
+            "wall_time_s": training_time_s + 600.0,
+            "phases": {"train": training_time_s, "eval": 500.0},
+            "steps_completed": steps,
+            "metrics": {
+                "final_loss": 2.5,
+                "val_bpb": val_bpb,
+                "core": None if partial else core,
+                "core_partial": mean,
+                "core_label": "core_partial" if partial else "CORE",
+                "core_tasks": tasks,
+            },
+            "loss_curve": [[s, _loss(s, seed)] for s in range(0, steps, 20)],
+            "error": None,
+        }
+    )
+
+
+def judged(record: dict) -> dict:
+    """The record with the referee's verdict on it, as harness.run writes it."""
+    return {**record, "eligibility": judge(record).to_json()}
 
 
 def _loss(step: int, seed: int) -> float:

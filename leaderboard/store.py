@@ -32,11 +32,12 @@ from pathlib import Path
 
 from harness.clock import read_events as harness_read_events
 from harness.fileio import atomic_write_json, atomic_write_text, file_lock, sha256_file, temp_dir
+from harness.record import validate_record
+from harness.referee import judge
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TRACKS = ("record", "dev")
 TRACK_DIRS = {"record": Path("records"), "dev": Path("dev") / "records"}
-RECORD_PROFILE = "8xh100"
 PINNED = ("data", "tokenizer", "eval_bundle")  # record sections whose digest the record track pins
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch: "$" would accept a final "\n"
 RUN_FILES = ("record.json", "events.jsonl")
@@ -140,10 +141,6 @@ def read_json_object(path: Path, fix: str) -> dict:
 
 
 def _schema_errors(record: dict) -> list[str]:
-    try:
-        from harness.record import validate_record  # imported here: the harness may be older than this module
-    except ImportError as e:
-        return [f"cannot validate: harness.record.validate_record is unavailable ({e}); update the harness"]
     return validate_record(record)
 
 
@@ -223,28 +220,22 @@ def check_runs(
 
 
 def record_track_checks(rec: dict) -> list[Check]:
+    """The referee's verdict on the record, judged again here (harness.referee.judge), and the verdict the record
+    carries, which must be the same: a record whose eligibility was edited by hand is refused."""
     fix = "file it on the development board instead (--track dev)"
-    eligibility = rec.get("eligibility") or {}
-    reasons = "; ".join(eligibility.get("reasons") or []) or "no reason recorded"
-    missing = _get(rec, "eval_bundle", "missing_labels") or []
-    full = _get(rec, "metrics", "core") is not None and not missing
+    verdict = judge(rec)
+    stored = rec.get("eligibility") or {}
     return [
         Check(
-            "profile",
-            rec.get("profile") == RECORD_PROFILE,
-            f"profile {rec.get('profile')!r}: only {RECORD_PROFILE!r} runs can set records; {fix}",
-        ),
-        Check(
             "eligibility",
-            eligibility.get("eligible") is True,
-            f"the harness judged the run ineligible ({reasons}); {fix}",
+            verdict.eligible,
+            f"not eligible: {'; '.join(verdict.reasons)}; {fix}",
         ),
-        Check("status", rec.get("status") == "finished", f"status {rec.get('status')!r}, not 'finished'; {fix}"),
-        Check("resumed", rec.get("resumed") is False, f"the run was resumed from a checkpoint; {fix}"),
         Check(
-            "full eval bundle",
-            full,
-            f"CORE is partial (missing labels: {', '.join(missing) or 'CORE absent'}); run with the full bundle",
+            "verdict",
+            stored == verdict.to_json(),
+            "the record's eligibility differs from the referee's judgement of the record itself: it was edited "
+            "after the run; file the record the harness wrote",
         ),
     ]
 

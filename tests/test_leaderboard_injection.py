@@ -19,7 +19,7 @@ import pytest
 from helpers_browser import open_page
 
 from harness.fileio import sha256_file
-from leaderboard.render import render
+from leaderboard.build import render
 from leaderboard.samples import CORE_LABELS, new_board, sample_record, write_run
 from leaderboard.store import LeaderboardError, add_entry
 
@@ -145,7 +145,7 @@ def test_a_description_cannot_add_a_line_to_an_entrys_stats_page(board):
     stats = (board / "dev" / "records").glob("*_e1/stats.md")
     [text] = [p.read_text() for p in stats]
     assert [line for line in text.splitlines() if line.startswith("- status:")] == [
-        "- status: development (eligibility, profile)"
+        "- status: development (eligibility)"
     ]
     assert "- description: line one - status: record (forged) &lt;!-- leaderboard:dev:end -->" in text
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from helpers_browser import chart_data, open_page, points
 
-from leaderboard.render import load_reference, render
+from leaderboard.build import render
+from leaderboard.render import load_reference
 from leaderboard.samples import CORE_LABELS, new_board, sample_record, write_run
 from leaderboard.store import add_entry
 

@@ -81,9 +81,21 @@ def test_add_refuses_a_profile_that_cannot_set_records_and_says_where_it_belongs
     with pytest.raises(RejectedRuns) as e:
         add_entry(given, root=board)
     reasons = failed(e.value)
-    assert set(reasons[str(given[0])]) == {"profile"} and "--track dev" in reasons[str(given[0])]["profile"]
-    assert set(reasons[str(given[1])]) == {"eligibility"}
-    assert "calibration below the floor" in reasons[str(given[1])]["eligibility"]
+    gpu, slow = reasons[str(given[0])], reasons[str(given[1])]
+    assert set(gpu) == {"eligibility"} and "profile 'gpu' is not the record profile" in gpu["eligibility"]
+    assert "--track dev" in gpu["eligibility"]
+    assert set(slow) == {"eligibility"}
+    assert "matmul calibration 500.0 TFLOP/s is below the 8xh100 floor" in slow["eligibility"]
+
+
+def test_add_refuses_a_record_whose_eligibility_was_edited_by_hand(tmp_path, board):
+    forged = sample_record(2, eligible=False)
+    forged["eligibility"] = {"eligible": True, "reasons": []}
+    given = runs(tmp_path, seeds=(1,)) + [write_run(tmp_path / "forged", forged)]
+    with pytest.raises(RejectedRuns) as e:
+        add_entry(given, root=board)
+    reasons = failed(e.value)[str(given[1])]
+    assert set(reasons) == {"eligibility", "verdict"} and "it was edited after the run" in reasons["verdict"]
 
 
 def test_add_refuses_a_repeated_seed(tmp_path, board):
@@ -131,8 +143,10 @@ def test_add_reports_every_failed_check_of_every_run_and_files_nothing(tmp_path,
         add_entry(given, root=board)
     reasons = failed(e.value)
     assert set(reasons[str(given[0])]) == {"schema"} and "core_label" in reasons[str(given[0])]["schema"]
-    assert set(reasons[str(given[1])]) == {"profile", "status", "resumed", "full eval bundle"}
-    assert "squad, coqa" in reasons[str(given[1])]["full eval bundle"]
+    unfit_reasons = reasons[str(given[1])]["eligibility"]
+    assert set(reasons[str(given[1])]) == {"eligibility"}
+    for why in ("did not finish (status failed)", "profile 'cpu'", "resumed from a checkpoint", "squad, coqa"):
+        assert why in unfit_reasons
     assert "missing record.json, events.jsonl" in reasons[str(given[2])]["readable"]
     assert "unfit: rejected" in str(e.value)  # the exception's message lists the reasons too
     assert load_entries(board, "record") == [] and read_pins(board)["eval_bundle"] is None
