@@ -58,7 +58,7 @@ def _git(*args: str) -> str | None:
         out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout.rstrip() if out.returncode == 0 else None  # not strip(): porcelain lines start with a space
 
 
 def harness_digest() -> str:

@@ -14,13 +14,13 @@ the tolerance is 1e-3 nats per step, still well below the ~0.03-0.3 nat step-to-
 import dataclasses
 import os
 
+import helpers_tinytrain as tinytrain
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers_evals import free_port
 
 from baselines.nanochat import submission as baseline
-from baselines.nanochat import tinytrain
 from harness.hookspecs import Run
 
 TOLERANCE = 1e-3  # nats per step; see the module docstring

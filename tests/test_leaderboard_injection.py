@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from helpers_browser import open_page
+from helpers_leaderboard import CORE_LABELS, new_board, sample_record, write_run
 
 from harness.fileio import sha256_file
 from leaderboard.build import render
-from leaderboard.samples import CORE_LABELS, new_board, sample_record, write_run
 from leaderboard.store import LeaderboardError, add_entry
 
 # issue 16's strings, and a few more of the same kinds

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers_browser import chart_data, open_page, points
+from helpers_leaderboard import CORE_LABELS, new_board, sample_record, write_run
 
 from leaderboard.build import render
 from leaderboard.render import load_reference
-from leaderboard.samples import CORE_LABELS, new_board, sample_record, write_run
 from leaderboard.store import add_entry
 
 TIMES = {"base": 5940.0, "fast": 5760.0}  # the mean training time (s) of each entry's five runs

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_leaderboard import new_board, sample_record, write_run
 
 from harness import referee
 from leaderboard.build import render
 from leaderboard.render import load_reference, rule_text
-from leaderboard.samples import new_board, sample_record, write_run
 from leaderboard.store import PACKAGE_DIR, LeaderboardError, add_entry
 
 BASE_TIMES = [5940.0, 5952.0, 5931.0, 5947.0, 5936.0]

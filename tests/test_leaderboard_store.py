@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_leaderboard import EVAL_BUNDLE_DIGEST, new_board, sample_record, write_run
 
 from harness.fileio import file_lock, sha256_file
 from harness.record import validate_record
 from leaderboard.__main__ import main
-from leaderboard.samples import EVAL_BUNDLE_DIGEST, new_board, sample_record, write_run
 from leaderboard.store import LeaderboardError, RejectedRuns, add_entry, load_entries, read_events, read_pins
 
 

@@ -6,11 +6,12 @@ Run: python -m pytest tests/test_nanochat_model.py
 import math
 import warnings
 
+import helpers_tinytrain as tinytrain
 import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.nanochat import depth, tinytrain
+from baselines.nanochat import depth
 from baselines.nanochat.fp8 import fp8_linear, fp8_supported
 from baselines.nanochat.model import GPT, attend, attention_masks, window_mask
 from harness.hookspecs import Run

@@ -5,7 +5,7 @@
 
 Run it by hand on any text file (a tokenizer is trained on the file first):
 
-    python -m baselines.nanochat.tinytrain some.txt --depth 2 --steps 30 [--submission baselines/gpt2]
+    PYTHONPATH=tests python -m helpers_tinytrain some.txt --depth 2 --steps 30 [--submission baselines/gpt2]
 
 It calls the hooks in the harness's order (select_dataset, build_model, plan_training, build_optimizer,
 build_schedule), then per step: forward/backward over the micro-batches (DDP with ``no_sync`` on all but the
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -26,17 +27,15 @@ import pluggy
 import torch
 import torch.distributed as dist
 
+from baselines.nanochat import submission as baseline
 from harness import hookspecs
 from harness.hookspecs import Plan, Run
+from harness.tokenizer import train_tokenizer
 
 
 def lambada_tokens(bundle_dir: str | Path, vocab_size: int = 1024, chars: int = 400_000):
     """English text for quick training checks: LAMBADA passages (fiction) from the CORE eval bundle, tokenized
     with a BPE trained on them. Returns (tokenizer, tokens, unigram entropy of the tokens in nats)."""
-    import json
-
-    from harness.tokenizer import train_tokenizer
-
     path = Path(bundle_dir) / "eval_data" / "language_understanding" / "lambada_openai.jsonl"
     rows = [json.loads(line) for line in path.open()]
     text = "\n\n".join(f"{r['context']} {r['continuation']}" for r in rows)[:chars]
@@ -111,9 +110,6 @@ def train(pm: pluggy.PluginManager, run: Run, tokens: torch.Tensor) -> list[floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    from baselines.nanochat import submission as baseline
-    from harness.tokenizer import train_tokenizer
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("text", help="a UTF-8 text file to train on")
     parser.add_argument("--submission", help="a submission folder to register after the baseline")
