@@ -1,4 +1,4 @@
-"""The CORE metric (DCLM's 22 in-context tasks), exactly as core-eval.md specifies, batched and distributed.
+"""The CORE metric (DCLM's 22 in-context tasks), exactly as docs/spec/core.md specifies, batched and distributed.
 
     from evals.bundle import resolve_bundle
     from evals.core import evaluate_core
@@ -22,7 +22,7 @@ gets ``min(k, n - 1)`` examples, ``Random(1234 + idx).sample`` of the other ``n 
 list; the shrink is warned about and recorded in ``CoreResult.fewshot_shrunk``.
 
 Under torch.distributed, rank r evaluates records r::world of every task and correctness is all-reduced, so
-the result does not depend on the number of ranks.
+the result does not depend on the number of ranks (docs/spec/core.md, Distributed evaluation).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from evals.bundle import Bundle, TaskSpec
 # batches keep the logits in cache (measured: 4096 beats 16384 by ~1.5x on the tiny test model).
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}
 CHUNK_RECORDS = 512  # records rendered, tokenized and bucketed together (bounds host memory on big tasks)
-SHUFFLE_SEED = 1337  # core-eval.md, "Per task" step 1
-FEWSHOT_SEED = 1234  # core-eval.md, "Per task" step 2: Random(1234 + idx)
+SHUFFLE_SEED = 1337  # docs/spec/core.md, Shuffle
+FEWSHOT_SEED = 1234  # docs/spec/core.md, Few-shot examples: Random(1234 + idx)
 
 
 class CoreError(ValueError):
@@ -113,12 +113,12 @@ class CoreResult:
 
 
 def centered_score(accuracy: float, random_baseline: float) -> float:
-    """core-eval.md, Aggregation: rescale so that chance scores 0 and perfect scores 1."""
+    """docs/spec/core.md, Aggregation: rescale so that chance scores 0 and perfect scores 1."""
     return (accuracy - 0.01 * random_baseline) / (1.0 - 0.01 * random_baseline)
 
 
 # ------------------------------------------------------------------------------------------------
-# Records, few-shot sampling and prompts (core-eval.md, "Per task" and "Prompts")
+# Records, few-shot sampling and prompts (docs/spec/core.md, Shuffle, Few-shot examples, Prompts)
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _first_undecodable_line(path: Path) -> int:
     return 0  # unreachable for a file that failed to decode
 
 
-# The fields each task type reads (core-eval.md, "Record formats"); other fields (jeopardy's category) are ignored.
+# The fields each task type reads (docs/spec/core.md, Record formats); other fields (jeopardy's category) are ignored.
 RECORD_FIELDS = {
     "multiple_choice": {"query": str, "choices": list, "gold": int},
     "schema": {"context_options": list, "continuation": str, "gold": int},
@@ -233,7 +233,7 @@ def render_prompts(task_type: str, item: dict, delimiter: str, shots: Sequence[d
 
 
 # ------------------------------------------------------------------------------------------------
-# Tokens and answer spans (core-eval.md, "Tokens and scoring")
+# Tokens and answer spans (docs/spec/core.md, Answer spans)
 
 
 @dataclass
@@ -320,7 +320,7 @@ def prepare_records(
 
 
 # ------------------------------------------------------------------------------------------------
-# Forward and score
+# Forward and score (docs/spec/core.md, Scoring; Batching)
 
 
 @dataclass

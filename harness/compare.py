@@ -1,5 +1,5 @@
 """A/B comparison of two submissions on this machine: interleaved runs, then every metric's difference with its
-95% confidence interval and p-value, computed by the leaderboard's statistics module (``leaderboard/stats.py``).
+95% confidence interval and p-value, computed by the statistics module (``harness/stats.py``).
 
     python -m harness.compare submissions/climbmix submissions/my_idea --profile cpu --depth 2 --max-steps 10 \
         --no-core

@@ -6,10 +6,10 @@
     loader.stream_digest                            # proof of every token handed out so far
     rows = validation_rows(ds.val_file, tok, num_tokens=20 * 524_288, seq_len=2048)   # (N, T+1), same on all ranks
 
-Packing follows the reference (nanochat-recipe.md, Data): every document is tokenized with BOS in front and kept in
-a buffer of ``buffer_docs`` documents, refilled 128 at a time; each row of T+1 tokens is filled by taking the largest
-buffered document that fits (the earliest buffered among equals) and, when none fits, the shortest one cropped to
-the room left (its remainder is dropped, never reused). Every row starts with BOS and there is no padding.
+Packing follows the reference (docs/spec/reference-recipe.md, Packing): every document is tokenized with BOS in front
+and kept in a buffer of ``buffer_docs`` documents, refilled 128 at a time; each row of T+1 tokens is filled by taking
+the largest buffered document that fits (the earliest buffered among equals) and, when none fits, the shortest one
+cropped to the room left (its remainder is dropped, never reused). Every row starts with BOS and there is no padding.
 
 Distribution: rank r of W reads row groups r, r+W, r+2W, ... of every file, in file order. The ``seed`` picks the
 order: seed 0 reads files and row groups in catalog order every epoch (the reference's order); any other seed

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-# The reference evaluates 80 x 524,288 validation tokens (nanochat-recipe.md, Tokenizer).
+# The reference evaluates 80 x 524,288 validation tokens (docs/spec/reference-recipe.md, Validation bits per byte).
 REFERENCE_VAL_TOKENS = 80 * 524_288
 
 

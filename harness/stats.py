@@ -87,7 +87,8 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summar
 def one_sample_greater(values: Sequence[float], threshold: float) -> tuple[float, float]:
     """One-sided one-sample t-test of H1: mean > threshold. Returns (t, p); NaN for fewer than 2 values.
 
-    The modded-nanogpt record test, turned around (they test mean loss below a target).
+    The modded-nanogpt record test, turned around: they test mean loss below a target
+    (docs/spec/benchmark-practice.md, modded-nanogpt).
     """
     arr = _values(values, "one_sample_greater")
     if arr.size < 2:

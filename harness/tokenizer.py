@@ -5,7 +5,7 @@
     tok.save(path); Tokenizer.load(path)             # a small JSON file; tok.digest identifies it
 
 The vocabulary is 256 byte tokens, then the learned merges, then the special tokens at the end (the
-first special token is ``<|bos|>``), as in the reference (nanochat-recipe.md, Tokenizer).
+first special token is ``<|bos|>``), as in the reference (docs/spec/reference-recipe.md, Tokenizer).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from harness.fileio import atomic_write_json, atomic_write_text, cache_dir, file_lock
 
-# GPT-4's split pattern with numbers split into groups of at most two digits (nanochat-recipe.md).
+# GPT-4's split pattern with numbers split into groups of at most two digits (docs/spec/reference-recipe.md, Tokenizer).
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )

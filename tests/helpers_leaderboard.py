@@ -20,7 +20,8 @@ from harness.fileio import atomic_write_json, atomic_write_text
 from harness.referee import judge
 from leaderboard.store import PACKAGE_DIR, PINNED
 
-# The 22 CORE labels (core-eval.md); per-task values are spread around the run's CORE so that they average to it.
+# The 22 CORE labels (docs/spec/core.md, Tasks); per-task values are spread around the run's CORE so that they
+# average to it.
 CORE_LABELS = [
     "hellaswag_zeroshot", "jeopardy", "bigbench_qa_wikidata", "arc_easy", "arc_challenge", "copa", "commonsense_qa",
     "piqa", "openbook_qa", "lambada_openai", "hellaswag", "winograd", "winogrande", "bigbench_dyck_languages",

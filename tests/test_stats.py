@@ -1,9 +1,10 @@
-"""Tests of leaderboard/stats.py against published worked examples and scipy's own tests.
+"""Tests of harness/stats.py against published worked examples and scipy's own tests.
 
-    pytest tests/test_leaderboard_stats.py
+    pytest tests/test_stats.py
 
 Worked examples: R's t.test on the classic `sleep` data (Student 1908; R's datasets package documents the
-outputs quoted here), and modded-nanogpt's record announcement (13 runs, 3.27837 +- 0.00142, p = 0.00067).
+outputs quoted here), and modded-nanogpt's record announcement (13 runs, 3.27837 +- 0.00142, p = 0.00067;
+docs/spec/benchmark-practice.md, modded-nanogpt).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     if fp8_supported(device): y = fp8_linear(x, weight)   # same shapes as F.linear(x, weight)
 
-The reference (nanochat-recipe.md, Precision and speed) runs the block matrices in fp8 with one scale per
+The reference (docs/spec/reference-recipe.md, Precision) runs the block matrices in fp8 with one scale per
 tensor: ~17% more tokens/s at d26 and ~5% net gain at equal quality; never used for evals. Hardware fp8
 matmuls need compute capability 8.9+ (Ada, Hopper, Blackwell); ``fp8_supported`` says whether this device
 has them, and the model falls back to bf16 with a warning elsewhere. ``torch._scaled_mm`` also runs on CPU,

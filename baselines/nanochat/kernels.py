@@ -21,7 +21,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-SOFTCAP = 15.0  # nanochat-recipe.md, Model: logits softcapped by 15 * tanh(logits / 15)
+SOFTCAP = 15.0  # docs/spec/reference-recipe.md, Model: logits softcapped by 15 * tanh(logits / 15)
 IGNORE_INDEX = -1
 MAX_BLOCK = 4096  # vocabulary columns one program handles per loop iteration
 

@@ -4,7 +4,7 @@
     logits = model(idx)              # (B, T, vocab) float32, softcapped
     loss = model(idx, targets)       # mean cross entropy over targets that are not -1
 
-Every feature is the reference's (nanochat-recipe.md, Model): RoPE (base 100,000), parameter-free RMSNorm,
+Every feature is the reference's (docs/spec/reference-recipe.md, Model): RoPE (base 100,000), parameter-free RMSNorm,
 QK-norm scaled by 1.2, ReLU-squared MLP, logit softcap 15, value embeddings gated per head on alternating
 layers, per-layer residual and x0 scalars, smear, backout, sliding-window attention in the "SSSL" pattern
 (last layer full), untied embeddings. Where the recipe is silent we say so next to the choice.
@@ -32,7 +32,7 @@ from baselines.nanochat.depth import SMEAR_CHANNELS, VE_GATE_CHANNELS, Dims, val
 from baselines.nanochat.fp8 import fp8_linear, fp8_supported
 
 ROPE_BASE = 100_000
-QK_SCALE = 1.2  # q and k are multiplied by 1.2 after QK-norm (nanochat-recipe.md)
+QK_SCALE = 1.2  # q and k are multiplied by 1.2 after QK-norm (docs/spec/reference-recipe.md, Model)
 LOGIT_SOFTCAP = 15.0
 MAX_LENGTH_FACTOR = 4  # forward must accept up to 4 * seq_len tokens (CORE prompts; hookspecs.build_model)
 
@@ -46,7 +46,8 @@ class Linear(nn.Linear):
     """A bias-free linear layer whose float32 weight is cast to the activation's dtype at use.
 
     With ``fp8=True`` it multiplies in fp8 while gradients are being computed (training); evals, which run
-    under ``torch.no_grad()``, always use the exact path (nanochat-recipe.md: fp8 is never used for evals).
+    under ``torch.no_grad()``, always use the exact path: fp8 is never used for evals
+    (docs/spec/reference-recipe.md, Precision).
     """
 
     def __init__(self, in_features: int, out_features: int, device=None):
@@ -202,7 +203,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Initialise every parameter explicitly (nanochat-recipe.md, Model: init)."""
+        """Initialise every parameter explicitly (docs/spec/reference-recipe.md, Initialisation)."""
         if self.wte.weight.is_meta:
             return
         width = self.dims.width

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from baselines.nanochat.depth import batch_lr_scale, width_lr_scale
 
-# Reference hyperparameters (nanochat-recipe.md, Optimizer and schedule). Each AdamW entry:
+# Reference hyperparameters (docs/spec/reference-recipe.md, Optimizer). Each AdamW entry:
 # (learning rate, betas, weight decay, scaled by (width/768)^-0.5?, scaled by sqrt(B/2^19)?)
 MUON_LR = 0.02
 MUON_BETA2 = 0.9  # NorMuon's second-moment decay
@@ -191,7 +191,8 @@ def build_optimizer(model: nn.Module, total_batch_tokens: int, muon_weight_decay
     """The reference's groups: Muon for every matrix inside the blocks, AdamW groups for the rest.
 
     ``model`` is a ``model.GPT``. Learning rates are scaled by sqrt(B/2^19) and, for the embedding-like AdamW
-    groups, by (width/768)^-0.5 (nanochat-recipe.md). Raises if a parameter would be left out or listed twice.
+    groups, by (width/768)^-0.5 (docs/spec/reference-recipe.md, Optimizer). Raises if a parameter would be left out or
+    listed twice.
     """
     batch_scale = batch_lr_scale(total_batch_tokens)
     width_scale = width_lr_scale(model.dims.width)
