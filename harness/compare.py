@@ -340,7 +340,7 @@ def render_markdown(meta: dict, per_depth: dict, transfers: list[Transfer]) -> s
         f"({meta['hardware']}); "
         f"profile `{meta['profile']}`; seeds {meta['seeds']} (pair i: both sides seed i); "
         f"harness flags: `{' '.join(meta['harness_args']) or '(none)'}`.",
-        "Welch's t-test on each metric (leaderboard/stats.py): B - A and B / A with 95% intervals, two-sided p; "
+        "Welch's t-test on each metric (harness/stats.py): B - A and B / A with 95% intervals, two-sided p; "
         f"significant when p < {ALPHA:.2g}.",
     ]
     for depth, rows in per_depth.items():
