@@ -23,8 +23,11 @@ FP8_MIN_DIM = 128  # below this the scaling costs more than the fp8 matmul saves
 
 
 def fp8_supported(device: torch.device | str) -> bool:
-    """True on CUDA devices of compute capability 8.9 or higher (H100-class)."""
+    """True on CUDA devices of compute capability 8.9 or higher (H100-class), and on the meta device, where
+    ``harness.memory`` builds a model as the record's GPUs would run it (shapes only)."""
     device = torch.device(device)
+    if device.type == "meta":
+        return True
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
