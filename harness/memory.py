@@ -29,6 +29,7 @@ fixed reserve. The numbers for the record's GPUs are only reasoned here until ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import warnings
@@ -251,14 +252,22 @@ def _optimizer_state_bytes(optimizer: torch.optim.Optimizer, params: list[torch.
 
 
 def estimate(
-    submission: Submission | str, profile: profiles.Profile | str, depth: int | None = None, world_size=None
+    submission: Submission | str,
+    profile: profiles.Profile | str,
+    depth: int | None = None,
+    world_size: int | None = None,
+    run: Run | None = None,
 ) -> Estimate:
-    """The per-GPU memory estimate of ``submission``'s plan on ``profile`` (see the module docstring)."""
+    """The per-device memory estimate of ``submission``'s plan on ``profile`` (see the module docstring).
+
+    ``run``: the Run to build with instead of the profile's (its device is replaced by "meta"); ``depth`` and
+    ``world_size`` then come from it.
+    """
     if isinstance(submission, str):
         submission = load_submission(submission)
     if isinstance(profile, str):
         profile = profiles.resolve_profile(profile)
-    run = profile_run(profile, depth, world_size)
+    run = dataclasses.replace(run, device="meta") if run is not None else profile_run(profile, depth, world_size)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. a model noting that it would compile or use fp8 on the GPU
