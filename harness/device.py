@@ -39,12 +39,14 @@ TRAIN_TIMEOUT = timedelta(minutes=10)
 def use_compile(device: torch.device | str) -> bool:
     """Whether training on ``device`` should run through torch.compile: the harness's one decision.
 
-    CUDA: yes. CPU: no by default, measured on this project's 2-core machine at the smoke profile (d4, 16 x 256
-    tokens a step, fp32): a compiled step takes 0.86-1.3 s against 1.75-2.2 s eager, about 0.9 s saved, but
-    a cold compile (empty inductor cache) costs about 140 s, more than the smoke run's 60 steps save (about
-    55 s); with a warm cache the first step costs 4-7 s instead. ``SPEEDRUN_COMPILE=1`` compiles on CPU too,
-    ``SPEEDRUN_COMPILE=0`` nowhere. Where the compiler toolchain does not work, one line says so and training
-    runs eagerly.
+    CUDA: yes. CPU: no by default. Measured on this project's 2-core machine at the smoke profile (climbmix d4,
+    16 x 256 tokens a step, fp32; tests/benchmarks/test_bench_compile.py and 20-step harness runs): a compiled
+    step takes 0.84-1.0 s against 1.18-1.25 s eager (1.2-1.4x), about 0.2-0.3 s saved a step; but a cold
+    compile (empty inductor cache: a new machine or a changed model) costs about 60 s more than eager (first
+    step 47 s against 1.2 s, plus about 10 s for the toolchain check), which takes about 220 steps to pay back,
+    and the smoke run has 60. With a warm cache the extra cost is about 6 s, and compiling saves 10-15 s per
+    smoke run. ``SPEEDRUN_COMPILE=1`` compiles on CPU too, ``SPEEDRUN_COMPILE=0`` nowhere. Where the compiler
+    toolchain does not work, one line says so and training runs eagerly.
     """
     device = torch.device(device)
     asked = os.environ.get(COMPILE_ENV)
