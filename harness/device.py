@@ -5,6 +5,7 @@ off the GPU, and the process group's timeouts. Small functions for the training 
     freeze_gc() ... thaw_gc()            # no collector pauses inside the timed loop
     state = rng_state(device)            # CPU and CUDA generators together; set_rng_state(state, device)
     initial = cpu_copy(model.state_dict())   # the warm-up's copy of the initial state, in host memory
+    free_training_memory(optimizer, sharding)   # before the final evals: a fresh eval process needs the GPU
     init_process_group(device)           # NCCL/gloo with the long setup timeout
     set_collective_timeout(TRAIN_TIMEOUT)    # once setup is over: a hung collective fails in minutes
 
@@ -122,6 +123,22 @@ def cpu_copy(state):
     host memory. The warm-up keeps the initial model and optimizer state this way: at d24 a GPU copy would hold
     5.5 GB for the whole run. ``load_state_dict`` copies it back to the device."""
     return tree_map(lambda x: x.detach().to("cpu", copy=True) if isinstance(x, torch.Tensor) else x, state)
+
+
+def free_training_memory(optimizer: torch.optim.Optimizer, sharding=None) -> None:
+    """After training, before the final evals: drop the optimizer's state, the gradients and the sharding's
+    buffers, collect, and return the allocator's cached blocks to the driver. An eval process started on the
+    same GPU (the fresh-process val_bpb and CORE) then finds the memory the training process held (at d24
+    about 10 GiB of optimizer state and gradients, plus the activations' cache)."""
+    optimizer.state.clear()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+    if sharding is not None:
+        sharding.release()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -116,6 +116,8 @@ class Sharding:
         if self.world_size == 1:
             self.model.zero_grad(set_to_none=True)
             return
+        if not self.buckets:  # released
+            self._build_buckets()
         for bucket in self.buckets:
             bucket.flat.zero_()
             for p, offset in zip(bucket.params, bucket.offsets, strict=True):
@@ -161,6 +163,12 @@ class Sharding:
         self.reduce_gradients()
         self.optimizer.step()
         self.gather_parameters()
+
+    def release(self) -> None:
+        """Free the flat buffers (after training: the evals need the memory). Stepping again rebuilds them."""
+        for p in self.params:
+            p.grad = None
+        self.buckets = []
 
     # -- optimizer state --------------------------------------------------------------------------------------
 

@@ -133,3 +133,17 @@ def test_setup_waits_long_and_training_collectives_time_out():
         result = dict(out)
     assert result["setup0"] == result["setup1"] == "ok"
     assert result["train0"].startswith("failed"), result
+
+
+def test_free_training_memory_drops_optimizer_state_and_gradients():
+    from harness.sharding import Sharding
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sharding = Sharding(model, optimizer, world_size=1, rank=0)
+    sharding.zero_grad()
+    model(torch.randn(2, 4)).sum().backward()
+    sharding.step()
+    assert optimizer.state and model.weight.grad is not None
+    device.free_training_memory(optimizer, sharding)
+    assert not optimizer.state and all(p.grad is None for p in model.parameters())
