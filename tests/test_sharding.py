@@ -3,10 +3,12 @@ optimizer state only for what it owns, and the full state dict is the one-proces
 
 Run: python -m pytest tests/test_sharding.py
 
-The model is the nanochat GPT at d2 with its real optimizer (Muon + AdamW, eager) and schedule; a step's global
-batch is 4 sequences: one process runs them as 2 micro-steps of 2, two processes as 1 micro-step of 2 each. The
-gradients are then equal up to the order of one fp32 addition, so the weights after 5 steps agree to fp32
-rounding, amplified at most to a bf16 rounding step in a few entries of a Muon update.
+The model is the nanochat GPT at d2 with its real optimizer (Muon + AdamW, eager) and schedule, computing in fp32
+and in bf16 (then the token and value embeddings are bf16 and the sharding holds two buffers, one per dtype); a
+step's global batch is 4 sequences: one process runs them as 2 micro-steps of 2, two processes as 1 micro-step of
+2 each. The gradients then differ at most by the order of one addition (halving is exact), so the weights after
+5 steps agree to fp32 rounding, amplified at most to a bf16 rounding step in a few entries of a Muon update.
+Measured: bitwise equal.
 """
 
 import dataclasses
@@ -36,14 +38,14 @@ def data() -> torch.Tensor:
     return torch.randint(0, VOCAB, (STEPS, SEQUENCES, SEQ_LEN + 1), generator=g)
 
 
-def train(rank: int, world_size: int, port: int, out: dict) -> None:
+def train(rank: int, world_size: int, port: int, out: dict, dtype: str = "float32") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     if world_size > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    run = dataclasses.replace(RUN, rank=rank, local_rank=rank, world_size=world_size)
+    run = dataclasses.replace(RUN, rank=rank, local_rank=rank, world_size=world_size, dtype=dtype)
     torch.manual_seed(0)
-    model = GPT(depth.model_dims(2, VOCAB), seq_len=SEQ_LEN)
+    model = GPT(depth.model_dims(2, VOCAB), seq_len=SEQ_LEN, compute_dtype=run.torch_dtype)
     optimizer = build_optimizer(model, total_batch_tokens=2**19, muon_weight_decay=0.2)
     sched = schedule.make_schedule(optimizer, STEPS)
     sharding = Sharding(model, optimizer, world_size, rank)
@@ -64,26 +66,29 @@ def train(rank: int, world_size: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def runs():
+def spawn_runs(dtype: str) -> dict:
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(train, args=(1, free_port(), out), nprocs=1)
-        mp.spawn(train, args=(2, free_port(), out), nprocs=2)
+        mp.spawn(train, args=(1, free_port(), out, dtype), nprocs=1)
+        mp.spawn(train, args=(2, free_port(), out, dtype), nprocs=2)
         return dict(out)
 
 
-def test_two_ranks_give_the_weights_of_one_rank_after_five_steps(runs):
-    one, two = runs[1]["model"], runs[2]["model"]
+@pytest.fixture(scope="module")
+def runs():
+    return spawn_runs("float32")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_two_ranks_give_the_weights_of_one_rank_after_five_steps(runs, dtype):
+    result = runs if dtype == "float32" else spawn_runs(dtype)
+    one, two = result[1]["model"], result[2]["model"]
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-5, msg=name)
-    initial = _initial()
-    assert any(not torch.equal(one[k], initial[k]) for k in one)  # training moved the weights
-
-
-def _initial() -> dict:
     torch.manual_seed(0)
-    return GPT(depth.model_dims(2, VOCAB), seq_len=SEQ_LEN).state_dict()
+    initial = GPT(depth.model_dims(2, VOCAB), seq_len=SEQ_LEN, compute_dtype=getattr(torch, dtype)).state_dict()
+    assert any(not torch.equal(one[k], initial[k]) for k in one)  # training moved the weights
+    assert one["wte.weight"].dtype == getattr(torch, dtype)
 
 
 def test_each_rank_keeps_optimizer_state_only_for_the_parameters_it_owns(runs):
