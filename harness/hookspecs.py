@@ -38,7 +38,7 @@ class Run:
 
     profile: str  # "8xh100", "gpu" or "cpu"
     device: str  # "cuda:3", "cpu", ...: where this rank's model must live
-    dtype: str  # compute dtype: "bfloat16" or "float32" (master weights stay float32)
+    dtype: str  # compute dtype: "bfloat16" or "float32" (master weights stay float32; lookups may use dtype)
     rank: int
     local_rank: int
     world_size: int
