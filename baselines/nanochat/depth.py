@@ -60,10 +60,11 @@ def value_embed_layers(depth: int) -> list[int]:
 
 
 def window_sizes(depth: int, seq_len: int) -> list[int]:
-    """Attention window of each layer in tokens (a query sees itself and window-1 earlier tokens).
+    """Attention window of each layer: how many earlier tokens a query sees, besides itself.
 
-    The pattern "SSSL" is tiled over the layers and the last layer is forced to L
-    (docs/spec/reference-recipe.md, Model).
+    A window of w lets query i attend to keys i-w .. i, i.e. w + 1 keys: FlashAttention's ``window_size=(w, 0)``,
+    which is how the reference states it (S = 512 sees 513 keys at T = 2048). The pattern "SSSL" is tiled over
+    the layers and the last layer is forced to L (docs/spec/reference-recipe.md, Model).
     """
     long, short = seq_len, max(1, seq_len // SHORT_WINDOW_DIVISOR)
     windows = [long if WINDOW_PATTERN[i % len(WINDOW_PATTERN)] == "L" else short for i in range(depth)]
