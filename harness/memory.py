@@ -23,7 +23,8 @@ optimizer, with the profile's sequence length, vocabulary, compute dtype and wor
 ``allocated`` (the sum) is the figure to hold against ``torch.cuda.max_memory_allocated``. A plan fits when
 ``allocated * (1 + FRAGMENTATION) + CUDA_RESERVE`` is within the GPU's memory. Not modelled: torch.compile's own
 choice of what to save (usually less: it recomputes cheap ops), and the CUDA context and NCCL buffers beyond the
-fixed reserve. The numbers for the record's GPUs are only reasoned here until ``harness.gpucheck`` measures them.
+fixed reserve. The numbers for the record's GPUs are only reasoned here until
+``baselines.nanochat.gpucheck`` measures them.
 """
 
 from __future__ import annotations
@@ -40,9 +41,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from harness import profiles
-from harness.guard import call_hook
 from harness.hookspecs import Plan, Run
-from harness.plugins import Submission, SubmissionError, load_submission
+from harness.plugins import Submission, SubmissionError, call_hook, load_submission
 from harness.sharding import partition
 
 GIB = 2**30

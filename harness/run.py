@@ -25,7 +25,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections import defaultdict
@@ -40,7 +39,7 @@ from harness.channel import CLOSED, Channel
 from harness.clock import EventLog
 from harness.data import get_tokenizer, prepare_dataset
 from harness.evaluate import isolated_command
-from harness.fileio import atomic_write_json, check_free_space, file_lock
+from harness.fileio import atomic_write_json, cache_dir, check_free_space, file_lock
 from harness.loader import validation_rows
 from harness.plugins import SubmissionError, describe_folder, locate_submission
 from harness.record import (
@@ -57,6 +56,13 @@ from harness.watch import FileWatch, become_subreaper, changed_since, library_ro
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
 CLOCK_TOLERANCE = (0.02, 2.0)  # the worker's and the referee's clocks may differ by 2% or 2 s, whichever is larger
+
+
+def eval_pycache() -> Path:
+    """The eval process's bytecode cache (harness/evaluate.py isolated_command)."""
+    return cache_dir() / "pycache"
+
+
 TORCHRUN_ENV = (
     "RANK",
     "LOCAL_RANK",
@@ -397,6 +403,8 @@ class Referee:
         reap_descendants()  # whatever importing the submission started ends with the probe
         self.record_overrides()
         selected = self.reports["dataset"]["selected"]
+        if "memory" in self.reports:  # the plan's estimated peak per GPU (harness/memory.py), checked before data
+            record["memory"] = {k: self.reports["memory"][k] for k in ("allocated", "required", "capacity")}
 
         # ---- data and tokenizer, verified against their digests; the held-out rows of the in-training val_bpb
         self.enter("setup")
@@ -444,7 +452,7 @@ class Referee:
         self.enter("eval")
         exported = self.reports["exported"]
         evals = self.start_evals(Path(exported["path"]), exported["sha256"], dataset, tokenizer, bundle)
-        changed = changed_since(*worker_lifetime, library_roots())
+        changed = changed_since(*worker_lifetime, [*library_roots(), eval_pycache()])
         record["watch"] = {"available": watch.available, "watched": [str(p) for p in watched], "touched": touched,
                            "libraries_changed": changed, "left_behind": len(left_behind)}  # fmt: skip
         problems = [*self.clock_problems(), *self.warmup_problems()]
@@ -514,6 +522,7 @@ class Referee:
             "warmup_steps": self.profile.warmup_steps,
             "eval_every": config.eval_every,
             "checkpoint_every": config.checkpoint_every,
+            "world_size": config.world_size,
             **fields,
         }
 
@@ -725,7 +734,7 @@ class Referee:
         if plan is None:
             return
         record["plan"] = {**plan["plan"], "grad_accum": plan["grad_accum"]}
-        record["run"] = {"seed": self.config.seed, "world_size": plan["run"]["world_size"],
+        record["run"] = {**(record["run"] or {}), "seed": self.config.seed, "world_size": plan["run"]["world_size"],
                          "dtype": plan["run"]["dtype"], "depth": plan["depth"],
                          "device": plan["run"]["device"].split(":")[0]}  # fmt: skip
         record["steps_completed"] = self.loop_start + len(self.step_seconds)
@@ -755,6 +764,8 @@ class Referee:
         record["worker_phases"] = {k: round(v, 6) for k, v in sorted(self.worker_phases.items())}
         record["data"]["stream_digest"] = summary["stream_digest"]
         record["metrics"]["peak_memory_gb"] = summary["peak_memory_gb"]
+        record["run"] = {**(record["run"] or {}), "attention_backend": summary["attention_backend"],
+                         "compiled": summary["compiled"]}  # fmt: skip
         record["imported"] = summary["imported"]
         # Provenance of what actually ran: the harness, evals, baselines and every repository file the worker
         # imported; uncommitted changes make the run ineligible and their text is kept in the record.
@@ -819,10 +830,9 @@ class Referee:
         if bundle is not None:
             args += ["--bundle", str(bundle.root), "--bundle-digest", bundle.digest]
             args += ["--max-per-task", str(config.max_per_task)] if config.max_per_task else []
-        # A fresh bytecode cache: the eval process compiles what it imports from source, never a .pyc the worker
-        # could have planted.
-        self.pycache = tempfile.TemporaryDirectory(prefix="speedrun-pycache-")
-        return subprocess.Popen(isolated_command(args, Path(self.pycache.name)), stderr=subprocess.PIPE, text=True)
+        # A bytecode cache of the eval process's own, not the __pycache__ folders beside the sources: the file
+        # watch covers it (changed_since), so a .pyc planted there during the run fails the run.
+        return subprocess.Popen(isolated_command(args, eval_pycache()), stderr=subprocess.PIPE, text=True)
 
     def finish_evals(self, proc: subprocess.Popen, program: Path, signals: Signals) -> dict:
         signals.deferring = True
@@ -836,7 +846,6 @@ class Referee:
                 time.sleep(0.1)
         finally:
             signals.deferring = False
-            self.pycache.cleanup()
         stderr = proc.stderr.read()
         proc.stderr.close()
         sys.stderr.write(stderr)

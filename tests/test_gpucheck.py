@@ -1,7 +1,7 @@
-"""harness.gpucheck's CPU-capable parts at tiny sizes: every section runs (or says why it cannot), the report is
-one JSON file, and a failing section is reported without stopping the others.
+"""baselines.nanochat.gpucheck's CPU-capable parts at tiny sizes: every section runs (or says why it cannot), the
+report is one JSON file, and a failing section is reported without stopping the others.
 
-Run: python -m pytest tests/test_gpucheck.py        (the GPU sizes: python -m harness.gpucheck on a GPU)
+Run: python -m pytest tests/test_gpucheck.py        (the GPU sizes: python -m baselines.nanochat.gpucheck on a GPU)
 """
 
 import dataclasses
@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from harness import gpucheck
+from baselines.nanochat import gpucheck
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")

@@ -120,7 +120,9 @@ def test_a_plan_that_does_not_fit_is_refused_with_its_numbers_and_the_fix(capsys
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_estimate_is_within_a_fifth_of_the_measured_peak_on_a_gpu():
-    from harness.gpucheck import measured_peak  # one micro-step of climbmix on this GPU, as harness.gpucheck runs
+    from baselines.nanochat.gpucheck import (
+        measured_peak,  # one micro-step of climbmix on this GPU, as baselines.nanochat.gpucheck runs
+    )
 
     estimate, peak = measured_peak("submissions/climbmix", depth=4, steps=2)
     assert peak == pytest.approx(estimate.allocated, rel=0.2)

@@ -1,9 +1,9 @@
 """The GPU check: one script that measures, on one GPU in a few minutes, what the CPU cannot, and writes one JSON
 report. It needs no data download (synthetic tokens; the CORE bundle if present, else a synthetic one).
 
-    python -m harness.gpucheck                         # all sections, GPU sizes; writes gpucheck.json
-    python -m harness.gpucheck --out r.json --sections train,memory
-    python -m harness.gpucheck --small                 # tiny sizes: what the CPU test suite runs
+    python -m baselines.nanochat.gpucheck                         # all sections, GPU sizes; writes gpucheck.json
+    python -m baselines.nanochat.gpucheck --out r.json --sections train,memory
+    python -m baselines.nanochat.gpucheck --small                 # tiny sizes: what the CPU test suite runs
 
 Sections (docs/gpu.md says what every number means):
     calibration  matmul TFLOP/s and memory bandwidth (``profiles.calibrate``)
@@ -41,14 +41,21 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
+from baselines.nanochat import depth as depth_dial
+from baselines.nanochat import kernels
+from baselines.nanochat.fp8 import fp8_linear, fp8_supported
+from baselines.nanochat.model import GPT, attend, attention_masks, select_attention_backend, window_mask
+from evals import bundle as eval_bundle
+from evals.bundle import Bundle, TaskSpec, resolve_bundle
+from evals.core import evaluate_core
 from harness import flops, memory, profiles
-from harness.guard import call_hook
 from harness.hookspecs import Plan, Run
-from harness.plugins import load_submission
+from harness.plugins import call_hook, load_submission
 from harness.sharding import Sharding
+from harness.tokenizer import train_tokenizer
 
 GIB = 2**30
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "baselines" / "nanochat"  # the gpu profile's recipe
 CLIMBMIX = REPO / "submissions" / "climbmix"  # the record recipe
 SECTIONS = ("calibration", "train", "memory", "kernels", "attention", "core")
@@ -240,8 +247,6 @@ def section_memory(device: torch.device, sizes: Sizes) -> dict:
 
 
 def section_kernels(device: torch.device, sizes: Sizes) -> dict:
-    from baselines.nanochat import kernels
-    from baselines.nanochat.fp8 import fp8_linear, fp8_supported
 
     if device.type != "cuda" or not fp8_supported(device):
         return {"skipped": "needs a CUDA GPU with fp8 matmuls (compute capability 8.9+) and Triton"}
@@ -293,7 +298,6 @@ def section_kernels(device: torch.device, sizes: Sizes) -> dict:
 
 
 def section_attention(device: torch.device, sizes: Sizes) -> dict:
-    from baselines.nanochat.model import attend, attention_masks, select_attention_backend, window_mask
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     backends = ["sdpa"]
@@ -334,7 +338,6 @@ def section_attention(device: torch.device, sizes: Sizes) -> dict:
 
 def synthetic_bundle(root: Path, records: int):
     """A three-task CORE bundle (multiple choice 10-shot, schema, language modeling) of made-up sentences."""
-    from evals.bundle import Bundle, TaskSpec
 
     rng = random.Random(0)
     words = "the a small large red blue cat dog house river tree walks runs sees finds near over under".split()
@@ -359,14 +362,9 @@ def synthetic_bundle(root: Path, records: int):
 
 
 def section_core(device: torch.device, sizes: Sizes) -> dict:
-    from baselines.nanochat import depth as depth_dial
-    from baselines.nanochat.model import GPT
-    from evals.bundle import SIBLING_BUNDLE, resolve_bundle
-    from evals.core import evaluate_core
-    from harness.tokenizer import train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        found = [Path(p) for p in (os.environ.get("SPEEDRUN_EVAL_BUNDLE"), SIBLING_BUNDLE) if p]
+        found = [Path(p) for p in (os.environ.get("SPEEDRUN_EVAL_BUNDLE"), eval_bundle.SIBLING_BUNDLE) if p]
         found = [p for p in found if (p / "core.yaml").is_file()]  # never a download: the check runs offline
         if found:
             bundle, source = resolve_bundle(found[0]), f"the CORE bundle at {found[0]}"
@@ -433,7 +431,7 @@ def run_check(device: torch.device, sizes: Sizes, sections=SECTIONS, log=print) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.gpucheck", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m baselines.nanochat.gpucheck", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("gpucheck.json"), help="the JSON report to write")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}")
     parser.add_argument("--small", action="store_true", help="tiny sizes (seconds on a CPU; what the tests run)")
