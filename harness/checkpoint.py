@@ -82,18 +82,30 @@ def save_program(folder: Path, export) -> Path:
     return _write_dir(Path(folder), write) / PROGRAM_FILE
 
 
-def save_training_state(run_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
-    """A periodic checkpoint: ``state`` holds model, optimizer, loader and clock states. Only the ``keep`` newest
-    intact checkpoints are kept, so long runs do not fill the disk."""
+def save_training_state(run_dir: Path, step: int, state: dict, identity: dict, keep: int = 2) -> Path:
+    """A periodic checkpoint: ``state`` holds model, optimizer, loader and clock states; ``identity`` (JSON: the
+    run's arguments, the submission's digest, the plan) goes into meta.json, so that a resume can be checked
+    against it without unpickling anything. Only the ``keep`` newest intact checkpoints are kept."""
 
     def write(tmp: Path) -> dict:
         torch.save(state, tmp / "state.pt")
-        return {"kind": "training", "step": step}
+        return {"kind": "training", "step": step, **identity}
 
     path = _write_dir(Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:06d}", write)
     for old in sorted(path.parent.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def latest_meta(run_dir: Path) -> dict | None:
+    """The meta.json of the newest intact periodic checkpoint (its step and identity), without loading it."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    for path in sorted(root.glob("step_*"), reverse=True) if root.is_dir() else []:
+        try:
+            return _read_dir(path)
+        except CheckpointError:
+            continue
+    return None
 
 
 def latest_training_state(run_dir: Path) -> tuple[int, dict] | None:

@@ -25,6 +25,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections import defaultdict
@@ -34,24 +35,26 @@ import torch
 from filelock import Timeout
 
 from evals.bundle import load_bundle, resolve_bundle
-from harness import flops, profiles
+from harness import checkpoint, flops, profiles
 from harness.channel import CLOSED, Channel
 from harness.clock import EventLog
 from harness.data import get_tokenizer, prepare_dataset
 from harness.evaluate import isolated_command
-from harness.fileio import atomic_write_json, cache_dir, check_free_space, file_lock
+from harness.fileio import atomic_write_json, cache_dir, check_free_space, file_lock, sha256_file
 from harness.loader import validation_rows
 from harness.plugins import SubmissionError, describe_folder, locate_submission
 from harness.record import (
     REPO_ROOT,
     harness_digest,
     harness_provenance,
+    next_record_file,
     record_digest_problem,
-    record_sha256,
+    record_files,
     write_record,
 )
 from harness.referee import judge
 from harness.report import Progress, new_record, summary_table
+from harness.tokenizer import Tokenizer
 from harness.watch import FileWatch, become_subreaper, changed_since, library_roots, reap_descendants
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
@@ -197,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", 0)) > 0:
         become_worker(argv)
     args = parse_args(argv)
+    if args.resume:  # continue the run as it was started: its stored arguments, never new defaults
+        try:
+            args, argv = resume_arguments(args, argv)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     record = new_record(args, argv)
     started = time.monotonic()
 
@@ -262,16 +271,85 @@ def main(argv: list[str] | None = None) -> int:
     record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     events.write("run_stop", None, record["status"])
     record["wall_time_s"] = round(time.monotonic() - started, 3)
-    write_record(out, record)
-    events.write("record_written", None, {"sha256": record_sha256(out)})  # what leaderboard add checks
+    if events.error:
+        record["events_error"] = events.error
+    path = save_record(out, record, events)
     print(summary_table(record))
-    print(f"record: {out / 'record.json'}")
+    print(f"record: {path}")
     if record["error"]:
         print(f"{record['status']}: {record['error']['message']}", file=sys.stderr)
     events.close()
     lock.release()
     signals.uninstall()
     return 0 if record["status"] == "finished" else 1
+
+
+def save_record(out: Path, record: dict, events: EventLog) -> Path:
+    """Write the record beside any earlier one of the run (never over it), and its sha256 into events.jsonl. On a
+    full or failing disk, write it where there is room, or print it whole: a record is never lost."""
+    path = next_record_file(out)
+    try:
+        write_record(path, record)
+        events.write("record_written", None, {"file": path.name, "sha256": sha256_file(path)})  # leaderboard add
+        return path
+    except OSError as exc:
+        size = len(json.dumps(record))
+        elsewhere = Path(tempfile.gettempdir()) / f"speedrun-record-{out.name}-{os.getpid()}.json"
+        print(f"error: cannot write {path} ({exc.strerror or exc}; the record needs {size / 1024:.0f} KB): "
+              f"writing it to {elsewhere} instead; move it into {out} when there is room", file=sys.stderr)  # fmt: skip
+        try:
+            write_record(elsewhere, record)
+            return elsewhere
+        except OSError:
+            print("error: that failed too; the record follows on stderr:\n" + json.dumps(record), file=sys.stderr)
+            return path
+
+
+def resume_arguments(args: argparse.Namespace, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The arguments of the run that ``--resume --out DIR`` continues: as it was started (its last record's
+    command, or its checkpoint's), with --resume. A flag given again must agree with them; a finished run is
+    never resumed."""
+    out = args.out
+    records = record_files(out)
+    stored = None
+    if records:
+        last = json.loads(records[-1].read_text())
+        if last["status"] == "finished":
+            raise UsageError(f"{records[-1]} is a finished run, and a finished record is never replaced; start "
+                             f"a new run with another --out")  # fmt: skip
+        stored = last["command"][3:]  # [python, -m, harness.run, *argv]
+    meta = checkpoint.latest_meta(out)
+    if stored is None and meta is not None:
+        stored = meta.get("argv")
+    if stored is None:
+        raise UsageError(f"--resume: {out} holds no record and no intact checkpoint to continue; start a new run")
+    original = parse_args([arg for arg in stored if arg != "--resume"])
+    given = {token.split("=")[0][2:].replace("-", "_") for token in argv if token.startswith("--")}
+    given -= {"resume", "out"}
+    conflicts = [f"--{name.replace('_', '-')} {getattr(args, name)} (the run used {getattr(original, name)})"
+                 for name in sorted(given) if getattr(args, name) != getattr(original, name)]  # fmt: skip
+    same_submission = Path(args.submission).resolve() == Path(original.submission).resolve()
+    if args.submission != original.submission and not same_submission:
+        conflicts.append(f"submission {args.submission} (the run used {original.submission})")
+    if conflicts:
+        raise UsageError(f"--resume continues {out} as it was started ({' '.join(stored)}); these differ: "
+                         f"{'; '.join(conflicts)}. Drop them, or start a new run with another --out")  # fmt: skip
+    effective = without_flag([arg for arg in stored if arg != "--resume"], "--out")
+    effective += ["--out", str(out), "--resume"]
+    return parse_args(effective), effective
+
+
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (``--flag VALUE`` or ``--flag=VALUE``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            kept.append(arg)
+    return kept
 
 
 def become_worker(argv: list[str]) -> None:
@@ -302,6 +380,8 @@ def check_out_dir(out: Path, resume: bool) -> None:
         ) from exc
     if finished and not resume:
         raise UsageError(f"{out} already holds a record; pass a new --out (or --resume to continue that run)")
+    if resume and not finished and checkpoint.latest_meta(out) is None:
+        raise UsageError(f"--resume: no intact checkpoint under {out / checkpoint.CHECKPOINTS_DIR}; start a new run")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,6 +442,7 @@ class Referee:
         self.step = 0
         self.step_began = 0.0
         self.probing = False  # the probe's own phases all count as "probe"
+        self.evals_only_resume = False  # an evals-only resume (the training session recorded the rest)
         self.progress: Progress | None = None
         self.wandb = None
 
@@ -392,6 +473,9 @@ class Referee:
         bundle = resolve_bundle(config.eval_bundle) if config.core else None
         folder = locate_submission(config.submission)
         record["submission"] = describe_folder(folder, None if Path(config.submission).exists() else config.submission)
+        before = previous_record(out) if config.resume else None
+        if before is not None and before.get("program") and before["steps_completed"] == before["plan"]["num_steps"]:
+            return self.evals_only(before, bundle, signals)
 
         # ---- the submission's dataset choice, from a short-lived worker (the referee never imports it)
         self.enter("probe")
@@ -450,7 +534,9 @@ class Referee:
         # ---- the referee's evals of the exported program start now, while the referee checks the run: the clocks
         # agree, the warm-up restored everything, nothing the referee relies on was read or changed
         self.enter("eval")
+        signals.deferring = True  # from here a signal stops the evals, which keep the exported model (finish_evals)
         exported = self.reports["exported"]
+        record["program"] = {"path": exported["path"], "sha256": exported["sha256"]}
         evals = self.start_evals(Path(exported["path"]), exported["sha256"], dataset, tokenizer, bundle)
         changed = changed_since(*worker_lifetime, [*library_roots(), eval_pycache()])
         record["watch"] = {"available": watch.available, "watched": [str(p) for p in watched], "touched": touched,
@@ -474,9 +560,16 @@ class Referee:
             raise RunFailed("; ".join(problems) + ". The referee's code, clock and files may not be touched by a "
                             "submission (docs/rules.md).")  # fmt: skip
         evaluated = self.finish_evals(evals, Path(exported["path"]), signals)
+        self.record_evals(evaluated, bundle)
+
+    def record_evals(self, evaluated: dict, bundle) -> None:
+        """What the referee's eval process measured: the calibration, val_bpb on the fixed rows, CORE."""
+        config, record = self.config, self.record
         record["calibration"] = evaluated.get("calibration", {})
-        record["program"] = {"path": exported["path"], "sha256": exported["sha256"], **evaluated["program"]}
+        record["program"].update(evaluated["program"])
         record["metrics"]["val_bpb"] = evaluated["val_bpb"]
+        if "val_bpb" in evaluated.get("non_finite", {}):  # the eval process wrote null: say what it was
+            record.setdefault("non_finite", {})["metrics.val_bpb"] = evaluated["non_finite"]["val_bpb"]
         record["evals"].append({"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation"})
         self.events.write("val_bpb", self.step, {"val_bpb": evaluated["val_bpb"], "rows": "validation",
                           "training_time_s": record["training_time_s"]})  # fmt: skip
@@ -489,6 +582,50 @@ class Referee:
             self.events.write("core", self.step, core["core"] if core["core"] is not None else core["core_partial"])
         if self.wandb is not None:
             self.wandb.run_finished(record)
+
+    def evals_only(self, before: dict, bundle, signals: Signals) -> None:
+        """Resume a run whose training finished but whose evals did not (a signal, a killed eval process): the
+        referee evaluates the exported program again; the record keeps what the training session recorded."""
+        record, out = self.record, self.config.out
+        print(f"resuming {out}: training finished at step {before['steps_completed']}; evaluating the exported "
+              f"model again", flush=True)  # fmt: skip
+        self.evals_only_resume = True
+        kept = (
+            "plan",
+            "run",
+            "data",
+            "tokenizer",
+            "training_time_s",
+            "training_time_observed_s",
+            "worker_phases",
+            "steps_completed",
+            "loss_curve",
+            "warmup",
+            "budgets",
+            "watch",
+            "imported",
+            "memory",
+            "harness",
+        )
+        record.update({key: before[key] for key in kept if key in before})
+        record["evals"] = [e for e in before["evals"] if e.get("rows") != "validation"]
+        record["metrics"].update({k: v for k, v in before["metrics"].items() if not k.startswith(("core", "val"))})
+        record["program"] = {"path": before["program"]["path"], "sha256": before["program"]["sha256"]}
+        self.step = before["steps_completed"]
+        self.enter("setup")
+        dataset = prepare_dataset(record["data"]["dataset"], train_shards(self.config, record["data"]["dataset"]),
+                                  data_dir=self.config.data_dir)  # fmt: skip
+        tokenizer = Tokenizer.load(out / "tokenizer.json")
+        if tokenizer.digest != record["tokenizer"]["digest"]:
+            raise RunFailed(f"{out / 'tokenizer.json'} is not the tokenizer the run trained with; it changed on disk")
+        if bundle is not None:
+            record["eval_bundle"] = {"path": str(bundle.root), "digest": bundle.digest,
+                                     "missing_labels": list(bundle.missing_labels)}  # fmt: skip
+        self.enter("eval")
+        signals.deferring = True
+        program = Path(record["program"]["path"])
+        evals = self.start_evals(program, record["program"]["sha256"], dataset, tokenizer, bundle)
+        self.record_evals(self.finish_evals(evals, program, signals), bundle)
 
     def observe(self, signals: Signals) -> None:
         """The submission's run_finished observers see a copy of the record, in a worker of their own, before the
@@ -523,6 +660,14 @@ class Referee:
             "eval_every": config.eval_every,
             "checkpoint_every": config.checkpoint_every,
             "world_size": config.world_size,
+            # What a checkpoint records of the run, and a resume must match (checked before loading weights).
+            "identity": {
+                "argv": config.argv,
+                "source_digest": self.record["submission"]["source_digest"],
+                "seed": config.seed,
+                "depth": config.depth,
+                "world_size": config.world_size,
+            },  # fmt: skip
             **fields,
         }
 
@@ -711,10 +856,9 @@ class Referee:
 
     def carry_over(self, step: int) -> None:
         """A resumed run's record continues the curves of the record the referee wrote when the run stopped."""
-        previous = self.config.out / "record.json"
-        if not previous.is_file() or record_digest_problem(self.config.out) is not None:
+        before = previous_record(self.config.out)
+        if before is None:
             return
-        before = json.loads(previous.read_text())
         self.record["loss_curve"] = [point for point in before["loss_curve"] if point[0] < step]
         self.record["evals"] = [e for e in before["evals"] if e["step"] <= step and e.get("rows") != "validation"]
 
@@ -729,6 +873,8 @@ class Referee:
         """What the referee knows of training, however the run ended: the plan, the steps it saw completed, their
         times by both clocks, tokens and the loss curve. Called once, just before the record is written."""
         record, reports = self.record, self.reports
+        if self.evals_only_resume:  # an evals-only resume keeps the training session's figures as recorded
+            return
         self.budget_report()
         plan = self.plan_report
         if plan is None:
@@ -832,7 +978,10 @@ class Referee:
             args += ["--max-per-task", str(config.max_per_task)] if config.max_per_task else []
         # A bytecode cache of the eval process's own, not the __pycache__ folders beside the sources: the file
         # watch covers it (changed_since), so a .pyc planted there during the run fails the run.
-        return subprocess.Popen(isolated_command(args, eval_pycache()), stderr=subprocess.PIPE, text=True)
+        self.eval_stderr = out / "evals" / "stderr.txt"  # a file, not a pipe: a chatty eval never blocks on it
+        self.eval_stderr.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.eval_stderr, "w") as stderr:
+            return subprocess.Popen(isolated_command(args, eval_pycache()), stderr=stderr)
 
     def finish_evals(self, proc: subprocess.Popen, program: Path, signals: Signals) -> dict:
         signals.deferring = True
@@ -846,8 +995,7 @@ class Referee:
                 time.sleep(0.1)
         finally:
             signals.deferring = False
-        stderr = proc.stderr.read()
-        proc.stderr.close()
+        stderr = self.eval_stderr.read_text(errors="replace")
         sys.stderr.write(stderr)
         if proc.returncode != 0:
             how = (f"was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
@@ -855,6 +1003,14 @@ class Referee:
             raise RunFailed(f"the referee's eval process {how}: {stderr.strip()[-2000:] or 'no message'}. The "
                             f"exported model is kept in {program.parent}")  # fmt: skip
         return json.loads(self.eval_result.read_text())
+
+
+def previous_record(out: Path) -> dict | None:
+    """The last record the referee wrote in ``out`` (checked against events.jsonl), or None."""
+    records = record_files(out)
+    if not records or record_digest_problem(out, records[-1].name) is not None:
+        return None
+    return json.loads(records[-1].read_text())
 
 
 def _signal_group(proc: subprocess.Popen, signum: int) -> None:

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         # ---- untimed warm-up on real batches (compilation, allocator), then the initial state restored exactly;
         # a resumed run instead restores its last checkpoint (and is never record-eligible)
         if config["resume"]:
-            step = resume(out, place, model, sharding, loader, clock, link)
+            step = resume(out, place, model, sharding, loader, clock, link, identity(config, plan))
         else:
             with clock.phase("warmup", steps=config["warmup_steps"]):
                 initial = {  # in host memory: a GPU copy would hold a second model for the whole run
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 if config["eval_every"] and step % config["eval_every"] == 0 and step < plan.num_steps:
                     evaluate_monitor(step)
                 if config["checkpoint_every"] and step % config["checkpoint_every"] == 0 and step < plan.num_steps:
-                    save_checkpoint(clock, out, step, model, sharding, loader, place, link)
+                    save_checkpoint(clock, out, step, model, sharding, loader, place, link, identity(config, plan))
                 with clock.untimed("log"):
                     stop.raise_if_stopping(lambda flag: max_over_ranks(float(flag), place) > 0)
         thaw_gc()
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = None
         if sharding is not None and step > 0 and (place.world_size == 1 or getattr(exc, "agreed", False)):
             # With several ranks only an agreed stop (every rank at the same boundary) can save one checkpoint.
-            saved = save_checkpoint(clock, out, step, model, sharding, loader, place, link)
+            saved = save_checkpoint(clock, out, step, model, sharding, loader, place, link, identity(config, plan))
         link.send("error", status="interrupted", message=f"{type(exc).__name__}: {exc}", traceback="",
                   checkpoint=str(saved) if saved else None, step=step)  # fmt: skip
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a hook too: every ending is reported
@@ -506,7 +506,12 @@ def state_digest(obj) -> str:
 # Checkpoints and resume
 
 
-def save_checkpoint(clock, out, step, model, sharding, loader, place: Place, link: Link) -> Path | None:
+def identity(config: dict, plan: Plan) -> dict:
+    """What a checkpoint says of its run (the referee's identity, and the plan), for a resume to be checked."""
+    return {**config["identity"], "plan": dataclasses.asdict(plan)}
+
+
+def save_checkpoint(clock, out, step, model, sharding, loader, place: Place, link: Link, ident: dict) -> Path | None:
     """A resumable checkpoint with every rank's loader position and RNG (every rank calls this: the optimizer's
     shards and the positions are gathered); the two newest are kept. Returns its path on rank 0."""
     with clock.phase("checkpoint", step=step):
@@ -527,21 +532,19 @@ def save_checkpoint(clock, out, step, model, sharding, loader, place: Place, lin
             "train_steps": clock.train_steps,
             "rng": rngs,
         }
-        path = checkpoint.save_training_state(out, step, state, keep=2)
+        path = checkpoint.save_training_state(out, step, state, ident, keep=2)
     link.send("checkpoint", step=step, path=str(path))
     return path
 
 
-def resume(out: Path, place: Place, model, sharding, loader, clock: Clock, link: Link) -> int:
-    found = checkpoint.latest_training_state(out)
-    if found is None:
-        raise FileNotFoundError(
-            f"--resume: no intact checkpoint under {out / checkpoint.CHECKPOINTS_DIR}; start a new run instead"
-        )
-    step, saved = found
-    if len(saved["loader"]) != place.world_size:
-        ranks = len(saved["loader"])
-        raise ValueError(f"the checkpoint at step {step} was written by {ranks} ranks; resume with as many")
+def resume(out: Path, place: Place, model, sharding, loader, clock: Clock, link: Link, ident: dict) -> int:
+    meta = checkpoint.latest_meta(out)
+    differ = [f"{key}: the checkpoint has {meta.get(key)!r}, this run {value!r}" for key, value in ident.items()
+              if key != "argv" and meta.get(key) != value]  # fmt: skip
+    if differ:  # before any weight is loaded: another submission, seed, depth or plan would train another run
+        raise RuntimeError(f"--resume: the checkpoint at step {meta['step']} belongs to another run: "
+                           f"{'; '.join(differ)}. Resume with the submission and arguments that wrote it.")  # fmt: skip
+    step, saved = checkpoint.latest_training_state(out)
     model.load_state_dict(saved["model"])
     sharding.load_optimizer_state_dict(saved["optimizer"])
     loader.load_state_dict(saved["loader"][place.rank])
