@@ -105,8 +105,18 @@ def main(argv: list[str] | None = None) -> int:
                 if args.bundle_digest and bundle.digest != args.bundle_digest:
                     raise BundleError(f"the eval bundle at {args.bundle} changed since the run started")
                 dump: list | None = [] if args.dump else None
-                core = evaluate_core(program, tokenizer, bundle, args.max_per_task or -1, device,
-                                     progress=sys.stderr.isatty(), dump=dump)  # fmt: skip
+                piped = None if sys.stderr.isatty() else lambda line: print(line, flush=True)  # a line per task
+                core = evaluate_core(
+                    program,
+                    tokenizer,
+                    bundle,
+                    args.max_per_task or -1,
+                    device,
+                    progress=sys.stderr.isatty(),
+                    dump=dump,
+                    max_len=program.max_len,
+                    log=piped,
+                )
                 print(core.table(), flush=True)
                 result["core"] = core.to_dict()
                 if args.dump:

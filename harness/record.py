@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import platform
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -128,3 +129,17 @@ def record_digest_problem(run_dir: Path, name: str = RECORD_FILE) -> str | None:
     if mine[-1].get("sha256") != sha256_file(run_dir / name):
         return f"{run_dir / name} is not the record the referee wrote (its sha256 differs from events.jsonl)"
     return None
+
+
+def environment() -> dict:
+    env = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            env[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            env[name] = None
+    import torch  # here: the leaderboard reads records without loading torch
+
+    env["torch"] = torch.__version__
+    env["cuda"] = torch.version.cuda
+    return env

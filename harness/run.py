@@ -53,7 +53,7 @@ from harness.record import (
     write_record,
 )
 from harness.referee import judge
-from harness.report import Progress, new_record, summary_table
+from harness.report import Progress, closing_lines, new_record, summary_table
 from harness.tokenizer import Tokenizer
 from harness.watch import FileWatch, become_subreaper, changed_since, library_roots, reap_descendants
 
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         record["events_error"] = events.error
     path = save_record(out, record, events)
     print(summary_table(record))
-    print(f"record: {path}")
+    print(closing_lines(record, path, out))
     if record["error"]:
         print(f"{record['status']}: {record['error']['message']}", file=sys.stderr)
     events.close()
@@ -783,6 +783,7 @@ class Referee:
                               at=at)  # fmt: skip
         elif kind == "eval":
             self.record["evals"].append({"step": message["step"], "val_bpb": message["val_bpb"], "rows": "monitor"})
+            print(f"step {message['step']:>6} | val_bpb {message['val_bpb']:.4f} (held-out rows)", flush=True)
             trained_s = round(self.resumed_train_s + sum(self.step_seconds), 6)
             value = {"val_bpb": message["val_bpb"], "rows": "monitor", "training_time_s": trained_s}
             self.events.write("val_bpb", message["step"], value, at=at)
@@ -792,6 +793,7 @@ class Referee:
         elif kind == "resumed":
             self.step = int(message["step"])
             self.resumed_train_s = float(message["training_time_s"])
+            print(f"resuming from step {self.step} of {self.plan_report['plan']['num_steps']}", flush=True)
             self.carry_over(self.step)
             self.events.write("resumed", self.step, None, at=at)
         elif kind == "checkpoint":
@@ -809,7 +811,9 @@ class Referee:
         tokens_per_s = plan["plan"]["total_batch_tokens"] / max(step_time, 1e-9)
         metrics = {k: v for k, v in message.items() if k not in ("kind", "step")}
         remaining = plan["plan"]["num_steps"] - self.step
-        return {**metrics, "tokens_per_s": tokens_per_s, "mfu": self.mfu(tokens_per_s), "eta_s": step_time * remaining}
+        trained = self.resumed_train_s + sum(self.step_seconds)
+        return {**metrics, "tokens_per_s": tokens_per_s, "mfu": self.mfu(tokens_per_s), "eta_s": step_time * remaining,
+                "step_ms": 1000 * step_time, "trained_s": trained}  # fmt: skip
 
     def mfu(self, tokens_per_s: float) -> float | None:
         """Model FLOPs utilisation of the fingerprinted GPUs (None on CPU or an unlisted GPU)."""
