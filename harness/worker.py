@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             schedule = call_hook(submission, "build_schedule", optimizer=optimizer, plan=plan, run=run)
             accum = check_outputs(submission, model, plan, optimizer, schedule, run)
+            preflight(submission, model, run)
             if place.master:  # exportable now, not after an hour of training (a copy: tracing may touch state)
                 check_exportable(submission, copy.deepcopy(model), run)
             loader = TrainLoader(
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 first_loss = None
                 for warm in range(min(config["warmup_steps"], plan.num_steps)):
                     loss, _ = one_step(warm)
+                    if warm == 0:
+                        check_first_loss(submission, loss)
                     first_loss = mean_over_ranks(loss.item(), place) if warm == 0 else first_loss
                 model.load_state_dict(initial["model"])
                 optimizer.load_state_dict(initial["optimizer"])
@@ -458,6 +461,50 @@ def check_outputs(submission: Submission, model, plan, optimizer, schedule, run:
     if not callable(schedule):
         fail("build_schedule", f"returned {type(schedule).__name__}, not a callable schedule(step) -> dict")
     return accum
+
+
+def preflight(submission: Submission, model: torch.nn.Module, run: Run) -> None:
+    """The contract's eval call before any training: ``model(inputs)`` gives float32 (B, T, V) logits on run.device,
+    at a short length and at run.seq_len. (``model(inputs, targets)`` is checked by the first warm-up step, where
+    a compiled model compiles it anyway.)"""
+    where = hook_file(submission, "build_model")
+    ids = torch.Generator().manual_seed(0)  # its own generator: the run's seeded RNG is not touched
+    for length in (8, run.seq_len):
+        inputs = torch.randint(0, run.vocab_size, (2, length), generator=ids).to(run.device)
+        call = f"model(inputs) with inputs of shape (2, {length})"
+        try:
+            with torch.no_grad():
+                logits = model(inputs)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported with the call
+            raise SubmissionError(f"{where}: build_model's model fails the contract: {call} raised "
+                                  f"{type(exc).__name__}: {exc}. Fix the model's forward.") from exc  # fmt: skip
+        expected = (2, length, run.vocab_size)
+        problems = []
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+            problems.append(f"model(inputs) returned {_describe(logits)}, not logits of shape {expected}")
+        elif logits.dtype != torch.float32 or logits.device != torch.device(run.device):
+            problems.append(f"model(inputs) returned {logits.dtype} logits on {logits.device}, not float32 on "
+                            f"{run.device}")  # fmt: skip
+        if problems:
+            raise SubmissionError(f"{where}: build_model's model fails the contract at length {length}: "
+                                  f"{'; '.join(problems)} (harness/hookspecs.py, build_model)")  # fmt: skip
+
+
+def check_first_loss(submission: Submission, loss) -> None:
+    """The first step's loss, before anything is timed: a finite scalar tensor, as train_step's contract says."""
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise SubmissionError(f"{hook_file(submission, 'train_step')}: train_step returned {_describe(loss)}, not the "
+                              f"mean loss as a scalar tensor (harness/hookspecs.py, train_step)")  # fmt: skip
+    if not torch.isfinite(loss):
+        where = hook_file(submission, "build_model")
+        raise SubmissionError(f"{where}: the very first loss is {loss.item()}: the model's forward or its "
+                              f"initialisation is broken (a parameter left uninitialised?)")  # fmt: skip
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}" + ("" if value.dim() else f" ({value.item()})")
+    return f"a {type(value).__name__}"
 
 
 def check_exportable(submission: Submission, model: torch.nn.Module, run: Run) -> None:
