@@ -15,6 +15,7 @@ packed at ``--seq-len``), which the worker never saw; CORE follows evals/core.py
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import sysconfig
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows = validation_rows(args.val_file, tokenizer, args.val_tokens, args.seq_len)
                 batch = max(1, DEFAULT_BATCH_TOKENS[torch.device(device).type] // args.seq_len)
                 result["val_bpb"] = evaluate_bpb(program, rows, tokenizer.token_bytes(), batch, device)
+                result["val_rows_sha256"] = hashlib.sha256(rows.numpy().tobytes()).hexdigest()  # which tokens
                 print(f"val_bpb {result['val_bpb']:.6f} ({rows.shape[0]} rows of {args.seq_len} tokens)", flush=True)
             if args.bundle is not None:
                 bundle = load_bundle(args.bundle)

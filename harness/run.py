@@ -570,7 +570,8 @@ class Referee:
         record["metrics"]["val_bpb"] = evaluated["val_bpb"]
         if "val_bpb" in evaluated.get("non_finite", {}):  # the eval process wrote null: say what it was
             record.setdefault("non_finite", {})["metrics.val_bpb"] = evaluated["non_finite"]["val_bpb"]
-        record["evals"].append({"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation"})
+        record["evals"].append({"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation",
+                                "rows_sha256": evaluated["val_rows_sha256"]})  # fmt: skip
         self.events.write("val_bpb", self.step, {"val_bpb": evaluated["val_bpb"], "rows": "validation",
                           "training_time_s": record["training_time_s"]})  # fmt: skip
         if bundle is not None:

@@ -50,7 +50,15 @@ from harness.fileio import sha256_file
 from harness.hookspecs import Plan, Run
 from harness.loader import TrainLoader
 from harness.memory import check_fits
-from harness.plugins import RunInterrupted, Submission, SubmissionError, call_hook, hook_file, load_submission
+from harness.plugins import (
+    RunInterrupted,
+    Submission,
+    SubmissionError,
+    call_hook,
+    hook_file,
+    implementing_file,
+    load_submission,
+)
 from harness.profiles import PROFILES
 from harness.sharding import Sharding
 from harness.tokenizer import Tokenizer
@@ -165,7 +173,14 @@ def main(argv: list[str] | None = None) -> int:
                 return
             with clock.phase("eval_bpb", step=at_step):
                 model.eval()
-                bpb = evaluate_bpb(model, monitor, token_bytes, plan.device_batch, str(place.device))
+                try:
+                    bpb = evaluate_bpb(model, monitor, token_bytes, plan.device_batch, str(place.device))
+                except Exception as exc:  # noqa: BLE001 - the model's forward failed: say whose, where, on what
+                    where = implementing_file(submission, exc.__traceback__)
+                    raise SubmissionError(
+                        f"{where}: the model failed in the in-training val_bpb at step {at_step} on inputs of shape "
+                        f"({plan.device_batch}, {monitor.shape[1] - 1}): {type(exc).__name__}: {exc}"
+                    ) from exc
                 model.train()
             link.send("eval", step=at_step, val_bpb=bpb)
             submission.hook.log_metrics(step=at_step - 1, metrics={"val_bpb": bpb}, run=run)
