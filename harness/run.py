@@ -572,8 +572,9 @@ class Referee:
             record.setdefault("non_finite", {})["metrics.val_bpb"] = evaluated["non_finite"]["val_bpb"]
         record["evals"].append({"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation",
                                 "rows_sha256": evaluated["val_rows_sha256"]})  # fmt: skip
+        trained = self.resumed_train_s + sum(self.step_seconds) if self.step_seconds else record["training_time_s"]
         self.events.write("val_bpb", self.step, {"val_bpb": evaluated["val_bpb"], "rows": "validation",
-                          "training_time_s": record["training_time_s"]})  # fmt: skip
+                          "training_time_s": round(trained, 6)})  # fmt: skip
         if bundle is not None:
             core = evaluated["core"]
             record["metrics"].update(core=core["core"], core_partial=core["core_partial"],
