@@ -3,11 +3,13 @@
     pytest tests/test_leaderboard_store.py
 
 Runs are real directories holding record.json and events.jsonl as the harness writes them
-(leaderboard/samples.py), filed into a fresh board under tmp_path.
+(tests/helpers_leaderboard.py), filed into a fresh board under tmp_path whose track.json pins the samples' data,
+tokenizer and bundle (or, where a test says so, the committed pins).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_leaderboard import EVAL_BUNDLE_DIGEST, new_board, sample_record, write_run
+from helpers_leaderboard import REPO, SHARDS, VAL_SHARD, new_board, resign, sample_record, write_run
 
 from harness.fileio import file_lock, sha256_file
 from harness.record import validate_record
@@ -42,8 +44,9 @@ def test_sample_records_satisfy_the_harness_schema():
     assert validate_record(sample_record(2, profile="cpu", missing_labels=("squad",), eligible=False)) == []
 
 
-def test_add_files_a_valid_set_byte_for_byte_with_its_metadata(tmp_path, board):
+def test_add_files_a_valid_set_byte_for_byte_with_its_metadata_and_pins_nothing(tmp_path, board):
     given = runs(tmp_path)
+    track = (board / "track.json").read_bytes()
     entry = add_entry(given, root=board, name="fp8-attn", description="fp8 attention", contributors=["Ada", "Alan"])
     assert entry.path == board / "records" / "2026-04-01_fp8-attn"
     for run_dir, seed in zip(given, (1, 2, 3), strict=True):
@@ -54,8 +57,7 @@ def test_add_files_a_valid_set_byte_for_byte_with_its_metadata(tmp_path, board):
     assert meta["date"] == "2026-04-01" and meta["commit"] == sample_record()["harness"]["commit"]
     assert meta["runs"][0]["files"]["record.json"] == sha256_file(given[0] / "record.json")
     assert (entry.path / "writeup.md").read_text() == sample_record()["submission"]["sources"]["README.md"]
-    # The first entry pins the track to its digests.
-    assert read_pins(board)["eval_bundle"] == EVAL_BUNDLE_DIGEST
+    assert (board / "track.json").read_bytes() == track  # the first entry pins nothing: the pins are committed
 
 
 def test_add_refuses_a_run_with_a_different_eval_bundle_digest(tmp_path, board):
@@ -103,20 +105,38 @@ def test_add_refuses_a_repeated_seed(tmp_path, board):
     with pytest.raises(RejectedRuns) as e:
         add_entry(given, root=board)
     reasons = failed(e.value)
-    assert set(reasons[str(given[2])]) == {"seed"}
+    assert set(reasons[str(given[2])]) == {"seed", "stream digest"}
     assert f"seed 2 is also the seed of {given[1]}" in reasons[str(given[2])]["seed"]
 
 
-def test_add_compares_the_harness_code_digest_not_the_repository_commit(tmp_path, board):
-    # A commit that touches only docs changes HEAD but not the harness: same referee, accepted.
-    given = runs(tmp_path, seeds=(1,)) + [write_run(tmp_path / "later", sample_record(2, commit="f" * 40))]
-    changed = [write_run(tmp_path / "changed", sample_record(3, harness_digest="d" * 64))]
+def test_add_refuses_two_seeds_that_read_the_same_data_stream(tmp_path, board):
+    # A run copied under another seed: the seeds differ, the data the worker read does not.
+    copied = sample_record(2)
+    copied["data"]["stream_digest"] = sample_record(1)["data"]["stream_digest"]
+    given = runs(tmp_path, seeds=(1,)) + [write_run(tmp_path / "copied", copied)]
     with pytest.raises(RejectedRuns) as e:
-        add_entry(given + changed, root=board)
+        add_entry(given, root=board)
     reasons = failed(e.value)
-    assert reasons[str(given[1])] == {} and set(reasons[str(changed[0])]) == {"harness"}
-    assert "harness code digest dddddddddddd differs" in reasons[str(changed[0])]["harness"]
-    assert add_entry(given, root=board).meta["commit"] == sample_record()["harness"]["commit"]
+    assert reasons[str(given[0])] == {} and set(reasons[str(given[1])]) == {"stream digest"}
+    assert f"is also {given[0]}'s" in reasons[str(given[1])]["stream digest"]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_add_wants_one_harness_commit_and_one_harness_code_digest_for_every_run(tmp_path, board):
+    earlier = git("rev-list", "--max-parents=0", "HEAD").splitlines()[0]  # a real commit, not HEAD
+    given = runs(tmp_path, seeds=(1,))
+    older = write_run(tmp_path / "older", sample_record(2, commit=earlier))
+    changed = write_run(tmp_path / "changed", sample_record(3, harness_digest="d" * 64))
+    with pytest.raises(RejectedRuns) as e:
+        add_entry([*given, older, changed], root=board)
+    reasons = failed(e.value)
+    assert reasons[str(given[0])] == {}
+    assert set(reasons[str(older)]) == {"harness"} and f"harness commit {earlier[:12]} differs" in reasons[str(older)]["harness"]
+    assert set(reasons[str(changed)]) == {"harness"}
+    assert "harness code digest dddddddddddd differs" in reasons[str(changed)]["harness"]
 
 
 def test_add_refuses_the_same_run_directory_given_twice(tmp_path, board):
@@ -149,20 +169,20 @@ def test_add_reports_every_failed_check_of_every_run_and_files_nothing(tmp_path,
         assert why in unfit_reasons
     assert "missing record.json, events.jsonl" in reasons[str(given[2])]["readable"]
     assert "unfit: rejected" in str(e.value)  # the exception's message lists the reasons too
-    assert load_entries(board, "record") == [] and read_pins(board)["eval_bundle"] is None
+    assert load_entries(board, "record") == []
 
 
 def test_the_development_board_takes_other_profiles_and_partial_bundles(tmp_path, board):
     given = runs(tmp_path, seeds=(1, 2), profile="cpu", eligible=False, missing_labels=("squad",), resumed=True)
     entry = add_entry(given, root=board, track="dev", name="smoke")
     assert entry.path == board / "dev" / "records" / "2026-04-01_smoke"
-    assert load_entries(board, "record") == [] and read_pins(board)["data"] is None
+    assert load_entries(board, "record") == []
 
 
 def test_a_killed_runs_half_written_last_event_is_skipped_but_a_damaged_middle_is_refused(tmp_path):
     run = write_run(tmp_path / "killed", sample_record(), killed=True)
     events = read_events(run / "events.jsonl")
-    assert events[-1]["event"] == "run_stop"
+    assert events[-1]["event"] == "record_written"
     lines = (run / "events.jsonl").read_text().splitlines()
     (run / "events.jsonl").write_text("\n".join(lines[:3] + ["{oops"] + lines[3:]) + "\n")
     with pytest.raises(LeaderboardError, match=r"events.jsonl: line 4 is not UTF-8 JSON"):
