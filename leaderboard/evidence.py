@@ -124,8 +124,8 @@ def tokens_problem(record: dict) -> str:
     expected = plan["total_batch_tokens"] * record["steps_completed"]
     if data["tokens_consumed"] != expected:
         return (
-            f"tokens_consumed {data['tokens_consumed']:,} but the plan's {plan['total_batch_tokens']:,} tokens per step x "
-            f"{record['steps_completed']} steps is {expected:,}: the record was edited after the run"
+            f"tokens_consumed {data['tokens_consumed']:,} but the plan's {plan['total_batch_tokens']:,} tokens per "
+            f"step x {record['steps_completed']} steps is {expected:,}: the record was edited after the run"
         )
     return ""
 

@@ -162,9 +162,9 @@ def bundle_problem(record: dict, pin: dict) -> str:
     unknown = sorted(Path(rel).name for rel, d in pin["files"].items() if d is None)
     if unknown:
         return (
-            f"the record track's eval bundle pin has no digest for {', '.join(unknown)} ({pin.get('from', 'the bundle')} "
-            "was computed from a partial copy): until a maintainer commits them into leaderboard/track.json, no "
-            "record-track entry can be filed"
+            f"the record track's eval bundle pin has no digest for {', '.join(unknown)} "
+            f"({pin.get('from', 'the bundle')} was computed from a partial copy): until a maintainer commits them "
+            "into leaderboard/track.json, no record-track entry can be filed"
         )
     expected = bundle_digest(pin["files"])
     if digest != expected:

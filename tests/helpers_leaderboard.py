@@ -46,7 +46,9 @@ def _digest(text: str) -> str:
 @cache
 def head_commit() -> str:
     """This repository's HEAD: a commit ``leaderboard add`` finds in the history."""
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 # The sample track: three climbmix-named shards (the last is the validation shard), a tokenizer digest and the
@@ -107,8 +109,12 @@ def sample_record(
                 "files": files,
                 "sources": sources,
             },
-            "harness": {"version": "0.1.0", "commit": commit or head_commit(), "dirty": False,
-                        "source_digest": harness_digest},  # fmt: skip
+            "harness": {
+                "version": "0.1.0",
+                "commit": commit or head_commit(),
+                "dirty": False,
+                "source_digest": harness_digest,
+            },
             "command": ["python", "-m", "harness.run", "--seed", str(seed)],
             "started_at": started_at,
             "finished_at": started_at.replace("T10:", "T12:"),
