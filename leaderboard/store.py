@@ -47,6 +47,7 @@ TRACK_DIRS = {"record": Path("records"), "dev": Path("dev") / "records"}
 PINNED = pins_module.SECTIONS  # record sections the record track pins (track.json, leaderboard/pins.py)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch: "$" would accept a final "\n"
 RUN_FILES = ("record.json", "events.jsonl")
+VERIFICATION_FILE = "verification.json"  # written by python -m leaderboard verify (leaderboard/verify.py)
 
 
 class LeaderboardError(Exception):
@@ -104,6 +105,11 @@ class Entry:
     def writeup(self) -> str:
         path = self.path / "writeup.md"
         return path.read_text(encoding="utf-8") if path.exists() else ""
+
+    @property
+    def verification(self) -> dict | None:
+        """The latest ``leaderboard verify`` of this entry, if it still applies (see ``read_verification``)."""
+        return read_verification(self.path, self.meta)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -475,3 +481,32 @@ def load_entries(root: str | Path, track: str) -> list[Entry]:
         return []
     entries = [load_entry(p, track) for p in sorted(track_dir.iterdir()) if (p / "entry.json").is_file()]
     return sorted(entries, key=lambda e: (e.meta["seq"], e.path.name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Verification results (leaderboard/verify.py re-runs an entry's runs; the board reads the outcome)
+
+
+def append_verification(entry_path: Path, result: dict) -> None:
+    """Add one verification outcome to the entry's verification.json; earlier ones are kept."""
+    path = Path(entry_path) / VERIFICATION_FILE
+    attempts = read_json_object(path, "restore it from git").get("attempts", []) if path.exists() else []
+    atomic_write_json(path, {"attempts": [*attempts, result]})
+
+
+def read_verification(entry_path: Path, meta: dict) -> dict | None:
+    """The latest verification of the entry, or None when there is none. A verification whose records are no
+    longer the filed ones (a record.json replaced since) does not count: it comes back with ``verified`` False
+    and a ``stale`` reason."""
+    path = Path(entry_path) / VERIFICATION_FILE
+    if not path.exists():
+        return None
+    attempts = read_json_object(path, "restore it from git, or verify the entry again").get("attempts")
+    if not isinstance(attempts, list) or not attempts or not isinstance(attempts[-1], dict):
+        raise LeaderboardError(f"{path}: expected {{'attempts': [...]}}; restore it from git, or verify again")
+    latest = attempts[-1]
+    filed = {run["files"].get("record.json") for run in meta["runs"]}
+    checked = [r.get("record_sha256") for r in latest.get("runs", []) if isinstance(r, dict)]
+    if not checked or not all(digest in filed for digest in checked):
+        return {**latest, "verified": False, "stale": "the records it re-ran are not the ones filed now"}
+    return latest
