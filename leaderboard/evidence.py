@@ -60,6 +60,8 @@ def clock_problem(record: dict) -> str:
     worker = _number(record.get("training_time_s"))
     observed = _number(record.get("training_time_observed_s"))
     train = _number((record.get("phases") or {}).get("train", 0.0))
+    if observed is None and record.get("plan") is None and worker == 0 and not train:
+        return ""  # the run stopped before training was planned: no step was timed by either clock
     if worker is None or observed is None or train is None:
         return "the record has no training_time_observed_s (the referee's clock): it was not written by this harness"
     problems = []

@@ -219,7 +219,10 @@ def check_runs(
             reason = f"profile {rec['profile']!r} but {first_label} ran {first.record['profile']!r}; file each "
             checks.append(Check("profile", False, reason + "profile as its own entry"))
         seed = rec["run"]["seed"] if rec["run"] else None
-        if seed in seen_seeds:
+        if seed is None:
+            reason = "the record names no seed: the run stopped before training was planned; there is nothing to file"
+            checks.append(Check("seed", False, reason))
+        elif seed in seen_seeds:
             reason = f"seed {seed} is also the seed of {seen_seeds[seed]}; each run of an entry must use its own seed"
             checks.append(Check("seed", False, reason + " (harness --seed)"))
         else:

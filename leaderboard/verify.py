@@ -113,16 +113,19 @@ def verify_run(run: Run, scratch: Path, keep: Path | None = None) -> dict:
     log = out.with_name(out.name + ".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"replaying seed {run.seed} of {run.path.parent.name} (output in {log})", flush=True)
+    checkout = harness_checkout(run.record, scratch)
+    harness = "this checkout" if checkout == REPO_ROOT else f"commit {run.record['harness']['commit']} (git archive)"
     try:
-        new = replay(run.record, out, log=log, cwd=harness_checkout(run.record, scratch))
+        new = replay(run.record, out, log=log, cwd=checkout)
     except ReplayError as e:
         tail = log.read_text(encoding="utf-8", errors="replace")[-2000:] if log.exists() else ""
-        return {"seed": run.seed, "ok": False, "rows": [], "problem": f"{e}\n{tail}"}
+        return {"seed": run.seed, "ok": False, "rows": [], "harness": harness, "problem": f"{e}\n{tail}"}
     rows = compare(run.record, new)
     return {
         "seed": run.seed,
         "ok": all(r["ok"] for r in rows),
         "rows": rows,
+        "harness": harness,
         "replay": {
             "status": new.get("status"),
             "harness_commit": (new.get("harness") or {}).get("commit"),

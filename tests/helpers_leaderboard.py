@@ -2,6 +2,8 @@
 
     root = new_board(tmp)                                    # README.md, dev/README.md, track.json (sample pins)
     run = write_run(tmp / "s1", sample_record(seed=1))      # record.json + events.jsonl as the harness writes
+    resign(run)                                              # record_written for an edited record.json
+    mark_verified(entry.path)                                # a passing verification.json, for render's tests
     python -m leaderboard --root ROOT add RUN_DIR...
 
 The records follow harness/record.schema.json (a test checks them with ``harness.record.validate_record``);
@@ -189,7 +191,7 @@ def write_run(run_dir: str | Path, record: dict, *, killed: bool = False, digest
     killed mid-write does."""
     run_dir = Path(run_dir)
     atomic_write_json(run_dir / "record.json", record)
-    seed, steps = record["run"]["seed"], record["steps_completed"]
+    seed, steps = (record["run"] or {}).get("seed", 0), record["steps_completed"]
     events = [{"time": 1.0e9, "t": 0.0, "event": "run_start", "key": None, "value": None}]
     events += [
         {"time": 1.0e9 + s, "t": float(s), "event": "train_loss", "key": s, "value": {"loss": _loss(s, seed)}}

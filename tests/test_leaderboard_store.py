@@ -369,3 +369,15 @@ def test_a_resumed_runs_appended_step_times_count_once_per_step(tmp_path, board)
     resign(run)
     with pytest.raises(RejectedRuns, match="events.jsonl has no time for step 200 of the 250 steps"):
         add_entry([run], root=board, track="dev", name="more")
+
+
+def test_a_run_that_stopped_before_training_is_refused_by_name_not_by_a_crash(tmp_path, board):
+    record = sample_record(1, status="failed", eligible=False)
+    record.pop("training_time_observed_s")
+    record.update(run=None, plan=None, data=None, tokenizer=None, eval_bundle=None, steps_completed=0,
+                  training_time_s=0.0, wall_time_s=12.0, phases={"setup": 12.0}, loss_curve=[])  # fmt: skip
+    run = write_run(tmp_path / "early", record)
+    with pytest.raises(RejectedRuns) as e:
+        add_entry([run], root=board, track="dev")
+    assert failed(e.value)[str(run)] == {"seed": "the record names no seed: the run stopped before training was "
+                                                 "planned; there is nothing to file"}  # fmt: skip
