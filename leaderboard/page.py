@@ -67,7 +67,7 @@ def _history(record: list[Judged], reference: dict) -> list[dict]:
         {"date": _unix(j.entry.meta["date"]), "time_h": j.assessment.time_h.mean, "label": f"#{j.number}",
          "kind": "record"}
         for j in record
-        if j.assessment.beats_record and j.assessment.time_h is not None
+        if j.holds_record and j.assessment.time_h is not None
     ]  # fmt: skip
     return [p for p in points if p["date"] is not None and math.isfinite(p["time_h"])]
 
@@ -75,7 +75,7 @@ def _history(record: list[Judged], reference: dict) -> list[dict]:
 def _defaults(record: list[Judged], dev: list[Judged]) -> dict:
     """The pair shown first: A the record in force (else the first entry), B the newest other entry."""
     ids = [f"record/{j.entry.path.name}" for j in record] + [f"dev/{j.entry.path.name}" for j in dev]
-    holders = [f"record/{j.entry.path.name}" for j in record if j.assessment.beats_record]
+    holders = [f"record/{j.entry.path.name}" for j in record if j.holds_record]
     a = holders[-1] if holders else (ids[0] if ids else None)
     others = [i for i in ids if i != a]
     newest_record = [i for i in others if i.startswith("record/")]

@@ -7,7 +7,9 @@ plus the reference rows in ``reference.json``; nothing is typed in by hand. Outp
 clock, no randomness, sorted keys, so the same records give byte-identical files (a test checks it).
 
 Entries are judged in filing order: each against the record in force when it was filed, so a later entry
-never changes an earlier verdict except to mark a record "former record" once it is beaten.
+never changes an earlier verdict except to mark a record "former record" once it is beaten. An entry that meets
+the acceptance rule becomes the record only once ``python -m leaderboard verify`` has reproduced it (until then
+it is "pending verification", and later entries are judged against the record before it).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Judged:
     status: str
     against: Entry | None  # the record in force when it was filed (record track only)
     partial: bool = False  # CORE is core_partial (development board only)
+    holds_record: bool = False  # set a record: met the acceptance rule and was verified (record track only)
 
 
 def load_reference() -> dict:
@@ -76,6 +79,14 @@ def _times(entry: Entry) -> list[float | None]:
     return [finite(run.record.get("training_time_s")) for run in entry.runs]
 
 
+def verification_note(entry: Entry) -> str:
+    """What the board says of an entry's verification: "verified", "verification failed" or "" (none yet)."""
+    v = entry.verification
+    if v is None:
+        return ""
+    return "verified" if v.get("verified") is True else "verification failed"
+
+
 def judge_record_track(entries: list[Entry], target: float, first_number: int) -> list[Judged]:
     judged: list[Judged] = []
     record: Judged | None = None
@@ -84,11 +95,16 @@ def judge_record_track(entries: list[Entry], target: float, first_number: int) -
         record_times = _times(record.entry) if record else None
         a = referee.assess(times, _metric(entry, "core"), _metric(entry, "val_bpb"), target, record_times)
         item = Judged(entry, first_number + i, a, a.verdict, record.entry if record else None)
-        if a.beats_record:
+        note = verification_note(entry)
+        if a.beats_record and note == "verified":
             if record is not None:
-                record.status = f"former record ({record.assessment.verdict})"
-            item.status = f"record ({a.verdict})"
+                record.status = f"former record ({record.assessment.verdict}; verified)"
+            item.status, item.holds_record = f"record ({a.verdict}; verified)", True
             record = item
+        elif a.beats_record:
+            item.status = f"{'verification failed' if note else 'pending verification'} ({a.verdict})"
+        elif note:
+            item.status = f"{a.verdict}; {note}"
         judged.append(item)
     return judged
 
@@ -103,6 +119,8 @@ def judge_dev_board(entries: list[Entry], target: float) -> list[Judged]:
         a = referee.assess(_times(entry), cores, _metric(entry, "val_bpb"), target)
         why = sorted({c.name for run in entry.runs for c in record_track_checks(run.record) if not c.passed})
         status = f"development ({', '.join(why)})" if why else "development (record-eligible runs filed here)"
+        note = verification_note(entry)
+        status += f"; {note}" if note else ""
         judged.append(Judged(entry, i + 1, a, status, None, partial))
     return judged
 
@@ -229,7 +247,8 @@ def rule_text(reference: dict) -> str:
         f"In force (from `harness/referee.py`): at least **{referee.MIN_RUNS}** runs with distinct seeds; "
         f"mean CORE above **{reference['target']['core']}** by a one-sided one-sample t-test with "
         f"**p < {referee.ALPHA}**; and, when a record exists, mean training time below it by Welch's one-sided "
-        f"t-test with **p < {referee.ALPHA}** and a speedup of at least **{referee.MIN_SPEEDUP}x**.\n"
+        f"t-test with **p < {referee.ALPHA}** and a speedup of at least **{referee.MIN_SPEEDUP}x**. An entry that "
+        "meets it becomes the record once `python -m leaderboard verify` has re-run its runs and reproduced them.\n"
     )
 
 
@@ -290,6 +309,7 @@ def stats_markdown(j: Judged, target: float) -> str:
         f"One-sided one-sample t-test, H1: mean CORE > {target}: t = {_num(a.core_t, 3)}, "
         f"df = {a.core.n - 1 if a.core and a.core.n > 1 else DASH}, p = {_pval(a.core_p)}.\n",
     ]
+    out += verification_markdown(e)
     if e.track == "record":
         out.append("## Time against the record in force when filed\n")
         c = a.vs_record
@@ -306,6 +326,30 @@ def stats_markdown(j: Judged, target: float) -> str:
                 f"{_num(c.ratio_ci_high, 4)}].\n"
             )
     return "\n".join(out)
+
+
+def verification_markdown(entry: Entry) -> list[str]:
+    """The entry's latest verification: every rule of every re-run, or how to verify it."""
+    v = entry.verification
+    out = ["## Verification\n"]
+    if v is None:
+        name = md(entry.path.name)
+        return [*out, f"Not verified yet: python -m leaderboard verify {name} re-runs its runs and compares.\n"]
+    done = ", ".join(md(r.get("seed")) for r in v.get("runs", []))
+    verdict = "reproduced its record" if v.get("verified") is True else "did not reproduce its record"
+    out.append(f"{md(v.get('date'))}: re-ran seed(s) {done}, which {verdict}.")
+    if v.get("stale"):
+        out.append(f"It no longer counts: {md(v['stale'])}.")
+    out.append("")
+    for run in v.get("runs", []):
+        rows = [{k: md(r.get(k)) for k in ("what", "recorded", "replayed", "rule")} | {"ok": "yes" if r.get("ok")
+                 else "NO"} for r in run.get("rows", [])]  # fmt: skip
+        out.append(f"### seed {md(run.get('seed'))}\n")
+        if run.get("problem"):
+            out.append(md(str(run["problem"]).splitlines()[0]) + "\n")
+        if rows:
+            out.append(markdown(pd.DataFrame(rows, columns=["what", "recorded", "replayed", "rule", "ok"])))
+    return out
 
 
 def html_table(df: pd.DataFrame, table_id: str) -> str:
