@@ -249,4 +249,4 @@ def calibrate(device: torch.device, world_size: int = 1) -> dict:
         seconds = _timed(lambda: torch.distributed.all_reduce(buf), device, repeats=5)
         # Bus bandwidth as nccl-tests defines it for all-reduce: bytes * 2(n-1)/n per second.
         result["allreduce_busbw_gbps"] = buf.numel() * 4 * 2 * (world_size - 1) / world_size / seconds / 1e9
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}  # 4 significant figures

@@ -22,6 +22,7 @@ from harness.profiles import PROFILES, Profile
 from harness.stats import NAN, Comparison, Summary, compare_samples, one_sample_greater, summarize
 
 RECORD_PROFILE = "8xh100"
+CLOCK_TOLERANCE = (0.02, 2.0)  # the worker's and the referee's clocks may differ by 2% or 2 s, whichever is larger
 
 
 @dataclass(frozen=True)

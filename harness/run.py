@@ -52,13 +52,12 @@ from harness.record import (
     record_files,
     write_record,
 )
-from harness.referee import judge
+from harness.referee import CLOCK_TOLERANCE, judge
 from harness.report import Progress, closing_lines, new_record, summary_table
 from harness.tokenizer import Tokenizer
 from harness.watch import FileWatch, become_subreaper, changed_since, library_roots, reap_descendants
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
-CLOCK_TOLERANCE = (0.02, 2.0)  # the worker's and the referee's clocks may differ by 2% or 2 s, whichever is larger
 
 
 def eval_pycache() -> Path:
@@ -882,6 +881,7 @@ class Referee:
         if self.evals_only_resume:  # an evals-only resume keeps the training session's figures as recorded
             return
         self.budget_report()
+        record["training_time_observed_s"] = round(self.resumed_train_s + self.phases["train"], 6)
         plan = self.plan_report
         if plan is None:
             return

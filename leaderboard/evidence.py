@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from harness.record import REPO_ROOT, record_digest_problem
-from harness.run import CLOCK_TOLERANCE
+from harness.referee import CLOCK_TOLERANCE
 
 CHECKS = ("record digest", "training time", "step times", "wall time", "tokens", "harness commit")
 
