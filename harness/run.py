@@ -429,7 +429,7 @@ class Referee:
         self.config, self.record, self.events = config, record, events
         self.profile = config.profile
         self.phases: dict[str, float] = defaultdict(float)  # seconds per phase, on the referee's clock
-        self.current, self.since = "setup", time.monotonic()
+        self.current, self.since = "start", time.monotonic()  # the bundle and the submission's files
         self.worker_phases: dict[str, float] = {}
         self.reports: dict[str, dict] = {}  # the last message of each kind from the worker
         self.step_seconds: list[float] = []  # as the worker timed them
@@ -881,7 +881,7 @@ class Referee:
         if self.evals_only_resume:  # an evals-only resume keeps the training session's figures as recorded
             return
         self.budget_report()
-        record["training_time_observed_s"] = round(self.resumed_train_s + self.phases["train"], 6)
+        record["training_time_observed_s"] = round(self.resumed_train_s + self.phases.get("train", 0.0), 6)
         plan = self.plan_report
         if plan is None:
             return
@@ -895,7 +895,6 @@ class Referee:
         record["training_time_s"] = (
             summary["training_time_s"] if summary else self.resumed_train_s + sum(self.step_seconds)
         )
-        record["training_time_observed_s"] = round(self.resumed_train_s + self.phases["train"], 6)
         if record["data"] is not None:
             record["data"]["tokens_consumed"] = record["plan"]["total_batch_tokens"] * record["steps_completed"]
         if self.step_seconds:
