@@ -724,6 +724,7 @@ class Referee:
             if self.progress is not None:
                 self.progress.close()
         self.probing = False
+        stopped_in = self.current  # for a worker that exits without a word: where it was
         self.enter("worker_exit")
         error = self.reports.get("error")
         if error is not None:
@@ -734,7 +735,7 @@ class Referee:
             raise WorkerEnded(error["status"], {"message": error["message"], "traceback": error.get("traceback", ""),
                                                 **details})  # fmt: skip
         if "done" not in self.reports:
-            raise WorkerEnded("failed", {"message": self.silent_exit(returncode), "traceback": ""})
+            raise WorkerEnded("failed", {"message": self.silent_exit(returncode, stopped_in), "traceback": ""})
         if signals.received:
             raise RunInterrupted(f"received {signals.received[0]}")
 
@@ -850,12 +851,12 @@ class Referee:
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
 
-    def silent_exit(self, returncode: int) -> str:
+    def silent_exit(self, returncode: int, phase: str) -> str:
         how = (
             f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with code {returncode}"
         )
         return (
-            f"the worker {how} in the {self.current} phase at step {self.step} without reporting why: a "
+            f"the worker {how} in the {phase} phase at step {self.step} without reporting why: a "
             f"submission must not end the process (sys.exit, os._exit) or crash the interpreter"
         )
 
