@@ -10,6 +10,7 @@ never trusted.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from harness.fileio import atomic_write_json, sha256_file, temp_dir
 MODEL_DIR = "model"
 PROGRAM_FILE = "model.pt2"
 CHECKPOINTS_DIR = "checkpoints"
+FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: the disk was full
 
 
 class CheckpointError(Exception):
@@ -32,7 +34,13 @@ def _write_dir(final: Path, write_files) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(final.parent, prefix=f".{final.name}.")
     try:
-        meta = write_files(tmp)
+        try:
+            meta = write_files(tmp)
+        except Exception as exc:  # torch's writers report a full disk as a bare RuntimeError: say what it is
+            if shutil.disk_usage(final.parent).free < FULL_DISK_BYTES:
+                raise OSError(errno.ENOSPC, f"No space left on device while writing {final} ({exc}); free some "
+                                            f"space or pass --out DIR on a larger disk") from exc  # fmt: skip
+            raise
         meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         atomic_write_json(tmp / "meta.json", meta)
         if final.exists():

@@ -78,6 +78,7 @@ TORCHRUN_ENV = (
     "GROUP_WORLD_SIZE",
     "ROLE_NAME",
 )
+RECORD_ROOM = 64 << 20  # bytes the referee wants free for its logs, inputs and record (the worker checks its own)
 STOP_GRACE_S = {"cpu": 20.0, "cuda": 300.0}  # how long a stopping worker may take to save its checkpoint
 WARMUP_LOSS_RTOL = {"cpu": 0.0, "cuda": 1e-3}  # bitwise on CPU; GPU kernels may reduce in another order
 
@@ -512,7 +513,7 @@ class Referee:
             monitor_rows=str(inputs / "monitor_rows.pt") if monitor is not None else None,
         )
         atomic_write_json(inputs / "worker.json", worker_config)
-        check_free_space(out, 1 << 30)
+        check_free_space(out, RECORD_ROOM)
         if config.wandb:
             from harness.wandb_observer import WandbObserver  # only when asked for: importing wandb takes seconds
 

@@ -46,7 +46,7 @@ from harness.device import (
     thaw_gc,
 )
 from harness.export import ExportError, export_model
-from harness.fileio import sha256_file
+from harness.fileio import check_free_space, sha256_file
 from harness.hookspecs import Plan, Run
 from harness.loader import TrainLoader
 from harness.memory import check_fits
@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             schedule = call_hook(submission, "build_schedule", optimizer=optimizer, plan=plan, run=run)
             accum = check_outputs(submission, model, plan, optimizer, schedule, run)
             preflight(submission, model, run)
+            if place.master:  # the exported model, and with --checkpoint-every two training states, must fit
+                copies = 3 if config["checkpoint_every"] else 1
+                check_free_space(out, copies * checkpoint_bytes(model))
             if place.master:  # exportable now, not after an hour of training (a copy: tracing may touch state)
                 check_exportable(submission, copy.deepcopy(model), run)
             loader = TrainLoader(
@@ -476,6 +479,12 @@ def check_outputs(submission: Submission, model, plan, optimizer, schedule, run:
     if not callable(schedule):
         fail("build_schedule", f"returned {type(schedule).__name__}, not a callable schedule(step) -> dict")
     return accum
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About what one checkpoint takes: the weights and two optimizer moments, plus room for the rest."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 3 * weights + (64 << 20)
 
 
 def preflight(submission: Submission, model: torch.nn.Module, run: Run) -> None:

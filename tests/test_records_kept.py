@@ -259,21 +259,20 @@ def test_a_full_disk_ends_with_the_record_written_elsewhere_and_the_space_it_nee
         tmp_path / "fills_the_disk",
         f"""
         from harness import hookimpl
-        from baselines.nanochat import submission as baseline
 
         @hookimpl
-        def build_model(run):
-            try:  # the run's own output fills the disk, as a long run's checkpoints would
-                with open({str(disk / "ballast")!r}, "wb") as ballast:
-                    while True:
-                        ballast.write(bytes(1 << 20))
-            except OSError:
-                pass
-            return baseline.make_model(run)
+        def log_metrics(step):
+            if step == 1:
+                try:  # the disk fills during training, as a long run's checkpoints would fill it
+                    with open({str(disk / "ballast")!r}, "wb") as ballast:
+                        while True:
+                            ballast.write(bytes(1 << 20))
+                except OSError:
+                    pass
         """,
     )
     command = " ".join([sys.executable, "-m", "harness.run", str(folder), "--out", str(out), *QUICK, "--no-core"])
-    script = f"mount -t tmpfs -o size=20M tmpfs {disk} && mkdir {out} && {command}"
+    script = f"mount -t tmpfs -o size=100M tmpfs {disk} && mkdir {out} && {command}"
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=harness_env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -282,4 +281,5 @@ def test_a_full_disk_ends_with_the_record_written_elsewhere_and_the_space_it_nee
     elsewhere = Path(proc.stderr.split("writing it to ", 1)[1].split(" instead", 1)[0])
     record = json.loads(elsewhere.read_text())
     assert record["status"] == "failed" and "No space left on device" in record["error"]["message"]
+    assert record["steps_completed"] >= 2 and "events_error" in record  # what training did is kept
     elsewhere.unlink()
