@@ -61,12 +61,14 @@ def next_record_file(run_dir: Path) -> Path:
     return Path(run_dir) / (RECORD_FILE if not found else f"record.resume-{len(found)}.json")
 
 
-def write_record(path: Path, record: dict) -> Path:
-    """Validate ``record`` and write it atomically at ``path``; never over an existing record."""
+def write_record(path: Path, record: dict, reserved: bool = False) -> Path:
+    """Validate ``record`` and write it atomically at ``path``; never over an existing record. ``reserved``: the
+    referee chose ``path`` when the run started, when nothing was there; whatever is there now is not a record it
+    wrote (a submission's file), and is replaced."""
     errors = validate_record(record)
     if errors:
         raise ValueError("refusing to write a record that breaks harness/record.schema.json:\n  " + "\n  ".join(errors))
-    if Path(path).exists():
+    if Path(path).exists() and not reserved:
         raise FileExistsError(f"{path} already holds a record; a record once written is never replaced")
     atomic_write_json(path, record)
     return Path(path)

@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    record_path = next_record_file(out)  # reserved now: the record goes there whatever appears meanwhile
     events = EventLog(out / "events.jsonl")
     events.write("run_start", None, {"submission": config.submission, "profile": profile.name, "argv": argv})
     referee = Referee(config, record, events)
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     record["wall_time_s"] = round(time.monotonic() - started, 3)
     if events.error:
         record["events_error"] = events.error
-    path = save_record(out, record, events)
+    path = save_record(record_path, record, events)
     print(summary_table(record))
     print(closing_lines(record, path, out))
     if record["error"]:
@@ -284,12 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if record["status"] == "finished" else 1
 
 
-def save_record(out: Path, record: dict, events: EventLog) -> Path:
-    """Write the record beside any earlier one of the run (never over it), and its sha256 into events.jsonl. On a
-    full or failing disk, write it where there is room, or print it whole: a record is never lost."""
-    path = next_record_file(out)
+def save_record(path: Path, record: dict, events: EventLog) -> Path:
+    """Write the record at the path reserved for it when the run started (beside any earlier record of the run,
+    never over one), and its sha256 into events.jsonl. On a full or failing disk, write it where there is room,
+    or print it whole: a record is never lost."""
+    out = path.parent
     try:
-        write_record(path, record)
+        write_record(path, record, reserved=True)
         events.write("record_written", None, {"file": path.name, "sha256": sha256_file(path)})  # leaderboard add
         return path
     except OSError as exc:
