@@ -937,7 +937,9 @@ class Referee:
         """The worker's clock against the referee's, phase by phase."""
         share, floor = CLOCK_TOLERANCE
         # A resumed worker's clock starts from the checkpoint's training time; the referee saw this session only.
-        reported = {**self.worker_phases, "train": self.reports["summary"]["training_time_s"] - self.resumed_train_s}
+        # Rank 0's own clock, the one the referee watches (the record's training_time_s is the slowest rank's, whose
+        # timed steps also hold its waits for rank 0 at the collectives).
+        reported = {**self.worker_phases, "train": self.worker_phases.get("train", 0.0) - self.resumed_train_s}
         problems = []
         for name, worker_s in sorted(reported.items()):
             seen = self.phases.get(name, 0.0)
