@@ -947,6 +947,13 @@ class Referee:
             if abs(worker_s - seen) > tolerance:
                 problems.append(f"the worker reported {name} {worker_s:.1f} s but the referee observed {seen:.1f} s "
                                 f"(tolerance {tolerance:.1f} s): the worker's clock was tampered with")  # fmt: skip
+        # The run's training time is the slowest rank's: never below rank 0's, and rank 0's alone on one rank.
+        total, own = self.reports["summary"]["training_time_s"], self.worker_phases.get("train", 0.0)
+        tolerance = max(share * own, floor)
+        alone = self.reports["plan"]["run"]["world_size"] == 1
+        if total < own - tolerance or (alone and total > own + tolerance):
+            problems.append(f"the worker reported train {total:.1f} s as the run's training time but its own steps "
+                            f"add up to {own:.1f} s: the worker's clock was tampered with")  # fmt: skip
         return problems
 
     def warmup_problems(self) -> list[str]:
