@@ -185,8 +185,11 @@ def test_a_tampered_worker_clock_fails_the_run_by_the_referees_observation(attac
     record, _ = harness_run([str(folder), "--out", str(tmp_path / "out"), *TIMED], harness_env)
     assert record["status"] == "failed"
     message = record["error"]["message"]
-    assert "the worker reported train" in message and "the referee observed" in message
-    assert "clock was tampered with" in message
+    assert "the worker reported train" in message and "clock was tampered with" in message
+    if attack == "perf_counter":  # every duration 10x short: the referee's observation of the steps tells
+        assert "the referee observed" in message
+    else:  # the total alone is forged: rank 0's own step times tell
+        assert "its own steps add up to" in message
 
 
 def test_patching_monotonic_and_synchronize_in_the_worker_changes_no_reported_time(tmp_path, harness_env):
