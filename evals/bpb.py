@@ -3,10 +3,10 @@
     from evals.bpb import evaluate_bpb
     bpb = evaluate_bpb(model, rows, tokenizer.token_bytes(), device_batch=32, device="cuda")
 
-val_bpb = (sum of cross-entropy nats over target tokens) / (ln 2 * sum of the UTF-8 byte lengths of those
-targets), where targets with zero bytes (special tokens such as BOS) and ignored targets (id < 0) count in
-neither sum (nanochat-recipe.md). Under torch.distributed, rank r evaluates rows r::world and both sums are
-all-reduced, so the value does not depend on the number of ranks. The caller chooses the compute dtype
+val_bpb = (sum of cross-entropy nats over target tokens) / (ln 2 * sum of the UTF-8 byte lengths of those targets),
+where targets with zero bytes (special tokens such as BOS) and ignored targets (id < 0) count in neither sum
+(docs/spec/reference-recipe.md, Validation bits per byte). Under torch.distributed, rank r evaluates rows r::world and
+both sums are all-reduced, so the value does not depend on the number of ranks. The caller chooses the compute dtype
 (autocast) and puts the model in eval mode; the loss itself is computed from float32 logits.
 
 The referee computes a run's final val_bpb with this function on the run's exported model, in a process of its

@@ -1,10 +1,10 @@
 """The CORE eval bundle: find it (or download it once), check every file against a committed manifest.
 
     bundle = resolve_bundle()                 # $SPEEDRUN_EVAL_BUNDLE, else the cache (downloaded if absent)
-    bundle = resolve_bundle("../shared/eval_bundle")
+    bundle = resolve_bundle("path/to/eval_bundle")
     bundle.tasks, bundle.missing_labels, bundle.digest
 
-The bundle layout and task table are in core-eval.md. Every file the harness reads (core.yaml,
+The bundle layout and task table are in docs/spec/core.md (Bundle, Tasks). Every file the harness reads (core.yaml,
 eval_meta_data.csv and each task's jsonl) must match its sha256 in ``evals/manifest.json``; a changed file is
 refused with an error naming it. Files the manifest cannot pin (null: the copy it was computed from lacked
 them) get a "first-seen" digest: the first digest seen is written to ``cache_dir()/eval_bundle.first_seen.json``

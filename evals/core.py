@@ -1,4 +1,4 @@
-"""The CORE metric (DCLM's 22 in-context tasks), exactly as core-eval.md specifies, batched and distributed.
+"""The CORE metric (DCLM's 22 in-context tasks), exactly as docs/spec/core.md specifies, batched and distributed.
 
     from evals.bundle import resolve_bundle
     from evals.core import evaluate_core
@@ -22,7 +22,7 @@ gets ``min(k, n - 1)`` examples, ``Random(1234 + idx).sample`` of the other ``n 
 list; the shrink is warned about and recorded in ``CoreResult.fewshot_shrunk``.
 
 Under torch.distributed, rank r evaluates records r::world of every task and correctness is all-reduced, so
-the result does not depend on the number of ranks.
+the result does not depend on the number of ranks (docs/spec/core.md, Distributed evaluation).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from evals.bundle import Bundle, TaskSpec
 # batches keep the logits in cache (measured: 4096 beats 16384 by ~1.5x on the tiny test model).
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}
 CHUNK_RECORDS = 512  # records rendered, tokenized and bucketed together (bounds host memory on big tasks)
-SHUFFLE_SEED = 1337  # core-eval.md, "Per task" step 1
-FEWSHOT_SEED = 1234  # core-eval.md, "Per task" step 2: Random(1234 + idx)
+SHUFFLE_SEED = 1337  # docs/spec/core.md, Shuffle
+FEWSHOT_SEED = 1234  # docs/spec/core.md, Few-shot examples: Random(1234 + idx)
 
 
 class CoreError(ValueError):
@@ -77,6 +77,7 @@ class CoreResult:
     max_per_task: int
     bundle_first_seen: list[str] = field(default_factory=list)  # files checked by first-seen digest only
     fewshot_shrunk: dict[str, int] = field(default_factory=dict)  # label -> shots used, where fewer than asked
+    cropped: dict[str, int] = field(default_factory=dict)  # label -> records cropped to the model's longest row
 
     @property
     def partial(self) -> bool:
@@ -92,6 +93,7 @@ class CoreResult:
             "bundle_digest": self.bundle_digest,
             "bundle_first_seen": list(self.bundle_first_seen),
             "fewshot_shrunk": dict(self.fewshot_shrunk),
+            "cropped": dict(self.cropped),
             "per_task": {label: vars(r).copy() for label, r in self.per_task.items()},
         }
 
@@ -113,12 +115,12 @@ class CoreResult:
 
 
 def centered_score(accuracy: float, random_baseline: float) -> float:
-    """core-eval.md, Aggregation: rescale so that chance scores 0 and perfect scores 1."""
+    """docs/spec/core.md, Aggregation: rescale so that chance scores 0 and perfect scores 1."""
     return (accuracy - 0.01 * random_baseline) / (1.0 - 0.01 * random_baseline)
 
 
 # ------------------------------------------------------------------------------------------------
-# Records, few-shot sampling and prompts (core-eval.md, "Per task" and "Prompts")
+# Records, few-shot sampling and prompts (docs/spec/core.md, Shuffle, Few-shot examples, Prompts)
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def _first_undecodable_line(path: Path) -> int:
     return 0  # unreachable for a file that failed to decode
 
 
-# The fields each task type reads (core-eval.md, "Record formats"); other fields (jeopardy's category) are ignored.
+# The fields each task type reads (docs/spec/core.md, Record formats); other fields (jeopardy's category) are ignored.
 RECORD_FIELDS = {
     "multiple_choice": {"query": str, "choices": list, "gold": int},
     "schema": {"context_options": list, "continuation": str, "gold": int},
@@ -233,7 +235,7 @@ def render_prompts(task_type: str, item: dict, delimiter: str, shots: Sequence[d
 
 
 # ------------------------------------------------------------------------------------------------
-# Tokens and answer spans (core-eval.md, "Tokens and scoring")
+# Tokens and answer spans (docs/spec/core.md, Answer spans)
 
 
 @dataclass
@@ -283,9 +285,19 @@ def answer_spans(task_type: str, tokens: list[list[int]]) -> tuple[list[list[int
 
 
 def prepare_records(
-    task: TaskSpec, records: Sequence[Record], indices: Sequence[int], tokenizer, shrunk: dict[str, int] | None = None
+    task: TaskSpec,
+    records: Sequence[Record],
+    indices: Sequence[int],
+    tokenizer,
+    shrunk: dict[str, int] | None = None,
+    max_len: int | None = None,
+    cropped: dict[str, int] | None = None,
 ) -> list[Prepared]:
-    """Render, tokenize (BOS first) and find the spans of the records at ``indices`` of ``records``."""
+    """Render, tokenize (BOS first) and find the spans of the records at ``indices`` of ``records``.
+
+    ``max_len``: the longest sequence the model accepts (None: any). A longer row keeps its last ``max_len``
+    tokens and its span moves with them, as the reference does for a model with a hard context limit
+    (docs/spec/core.md, Scoring); ``cropped`` counts the records cropped per task."""
     n, k = len(records), task.num_fewshot
     if k > n - 1 and shrunk is not None and task.label not in shrunk:
         shrunk[task.label] = max(n - 1, 0)
@@ -315,12 +327,29 @@ def prepare_records(
                 f"CORE task {task.label}, record {idx} (line {record.line + 1} of {task.path}): {exc}"
             ) from None
         at += count
+        if max_len is not None and any(len(row) > max_len for row in tokens):
+            tokens, starts, ends = crop_left(tokens, starts, ends, max_len, f"CORE task {task.label}, record {idx}")
+            if cropped is not None:
+                cropped[task.label] = cropped.get(task.label, 0) + 1
         out.append(Prepared(task, idx, record.line, record.data.get("gold"), tokens, starts, ends))
     return out
 
 
+def crop_left(tokens: list[list[int]], starts: list[int], ends: list[int], max_len: int, what: str):
+    """Keep each row's last ``max_len`` tokens, moving its span with them; the span must still fit whole."""
+    rows, new_starts, new_ends = [], [], []
+    for row, start, end in zip(tokens, starts, ends, strict=True):
+        cut = max(0, len(row) - max_len)
+        if start - cut < 1:
+            raise CoreError(f"{what}: its answer span alone is longer than the {max_len} tokens the model accepts")
+        rows.append(row[cut:])
+        new_starts.append(start - cut)
+        new_ends.append(end - cut)
+    return rows, new_starts, new_ends
+
+
 # ------------------------------------------------------------------------------------------------
-# Forward and score
+# Forward and score (docs/spec/core.md, Scoring; Batching)
 
 
 @dataclass
@@ -472,6 +501,8 @@ def evaluate_core(
     progress: bool = False,
     batched: bool = True,
     dump: list | None = None,
+    max_len: int | None = None,
+    log=None,
 ) -> CoreResult:
     """Evaluate CORE on every task of ``bundle`` present on disk.
 
@@ -480,6 +511,8 @@ def evaluate_core(
     ``DEFAULT_BATCH_TOKENS``). ``batched=False`` runs the
     one-record reference path. ``dump``: a list that receives one dict per record (label, index, line,
     prediction, correct, and losses for MC/schema), gathered from all ranks, in task then index order.
+    ``max_len``: the longest row the model accepts; longer rows are cropped from the left (``prepare_records``).
+    ``log``: called with one line per task as it completes (a progress line where no bar is shown).
     Uses torch.distributed when it is initialised; every rank must call this and gets the same result.
     """
     _check_max_per_task(max_per_task)
@@ -501,6 +534,7 @@ def evaluate_core(
 
     per_task: dict[str, TaskResult] = {}
     shrunk: dict[str, int] = {}
+    cropped: dict[str, int] = {}
     my_results: list[RecordResult] = []
     for task, records in tasks:
         if bar is not None:
@@ -509,7 +543,7 @@ def evaluate_core(
         mine = list(range(rank, len(records), world))
         chunk = CHUNK_RECORDS if batched else 1
         for at in range(0, len(mine), chunk):
-            prepared = prepare_records(task, records, mine[at : at + chunk], tokenizer, shrunk)
+            prepared = prepare_records(task, records, mine[at : at + chunk], tokenizer, shrunk, max_len, cropped)
             if batched:
                 results = evaluate_batched(model, tokenizer, prepared, device, batch_tokens)
             else:
@@ -527,6 +561,9 @@ def evaluate_core(
         per_task[task.label] = TaskResult(
             accuracy, centered_score(accuracy, task.random_baseline), len(records), n_correct
         )
+        if log is not None and rank == 0:
+            done = len(per_task)
+            log(f"CORE {done:>2}/{len(tasks)} {task.label:<34} accuracy {accuracy:.3f} ({len(records)} records)")
     if bar is not None:
         bar.close()
 
@@ -549,4 +586,5 @@ def evaluate_core(
         max_per_task=max_per_task,
         bundle_first_seen=list(bundle.first_seen),
         fewshot_shrunk=shrunk,
+        cropped=cropped,
     )

@@ -10,6 +10,7 @@ never trusted.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from harness.fileio import atomic_write_json, sha256_file, temp_dir
 MODEL_DIR = "model"
 PROGRAM_FILE = "model.pt2"
 CHECKPOINTS_DIR = "checkpoints"
+FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: the disk was full
 
 
 class CheckpointError(Exception):
@@ -32,7 +34,13 @@ def _write_dir(final: Path, write_files) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(final.parent, prefix=f".{final.name}.")
     try:
-        meta = write_files(tmp)
+        try:
+            meta = write_files(tmp)
+        except Exception as exc:  # torch's writers report a full disk as a bare RuntimeError: say what it is
+            if shutil.disk_usage(final.parent).free < FULL_DISK_BYTES:
+                raise OSError(errno.ENOSPC, f"No space left on device while writing {final} ({exc}); free some "
+                                            f"space or pass --out DIR on a larger disk") from exc  # fmt: skip
+            raise
         meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         atomic_write_json(tmp / "meta.json", meta)
         if final.exists():
@@ -82,18 +90,30 @@ def save_program(folder: Path, export) -> Path:
     return _write_dir(Path(folder), write) / PROGRAM_FILE
 
 
-def save_training_state(run_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
-    """A periodic checkpoint: ``state`` holds model, optimizer, loader and clock states. Only the ``keep`` newest
-    intact checkpoints are kept, so long runs do not fill the disk."""
+def save_training_state(run_dir: Path, step: int, state: dict, identity: dict, keep: int = 2) -> Path:
+    """A periodic checkpoint: ``state`` holds model, optimizer, loader and clock states; ``identity`` (JSON: the
+    run's arguments, the submission's digest, the plan) goes into meta.json, so that a resume can be checked
+    against it without unpickling anything. Only the ``keep`` newest intact checkpoints are kept."""
 
     def write(tmp: Path) -> dict:
         torch.save(state, tmp / "state.pt")
-        return {"kind": "training", "step": step}
+        return {"kind": "training", "step": step, **identity}
 
     path = _write_dir(Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:06d}", write)
     for old in sorted(path.parent.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def latest_meta(run_dir: Path) -> dict | None:
+    """The meta.json of the newest intact periodic checkpoint (its step and identity), without loading it."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    for path in sorted(root.glob("step_*"), reverse=True) if root.is_dir() else []:
+        try:
+            return _read_dir(path)
+        except CheckpointError:
+            continue
+    return None
 
 
 def latest_training_state(run_dir: Path) -> tuple[int, dict] | None:

@@ -21,7 +21,7 @@ How a check works (docs/ci.md gives the reasons and each profile's figures):
    that reached the target, interpolated linearly in val_bpb from the evaluation before it.
 4. Rule: the check fails when a candidate run did not reach the target within the cap, or when the candidate is
    slower than the reference by more than max(noise, floor) with p < 0.05: a one-sided paired t-test on the pairs'
-   log time ratios (``leaderboard.stats.one_sample_greater``), so that the seed's effect and the machine's speed of
+   log time ratios (``harness.stats.one_sample_greater``), so that the seed's effect and the machine's speed of
    the moment cancel within a pair. Noise is one run's relative timing noise (the sd of the log ratios / sqrt 2),
    floor the profile's. A difference beyond the tolerance that is not significant yet adds two pairs, up to
    ``--max-pairs`` and within the profile's time budget (10 minutes on CPU), before the verdict.
@@ -55,7 +55,7 @@ from harness.compare import ALPHA, RunSpec, harness_command, plan_runs
 from harness.fileio import atomic_write_json
 from harness.plugins import SubmissionError, describe_folder, locate_submission
 from harness.record import REPO_ROOT, harness_provenance
-from leaderboard.stats import one_sample_greater, summarize
+from harness.stats import one_sample_greater, summarize
 
 BASELINE_DIR = REPO_ROOT / "leaderboard" / "ci"
 BASELINE_SCHEMA = 2
@@ -794,7 +794,7 @@ def check(args: argparse.Namespace, profile: profiles.Profile, started: float) -
     order = "Runs with" if args.drift else "Runs interleaved A B, B A, ... with"
     run_line = f"{order} seeds 0, 1, ... ({setting}): {len(attempts)} runs in {elapsed / 60:.1f} min."
     rule = (f"slower by more than max(noise, floor {proxy.floor:.0%}) with p < {ALPHA:.2g} (a paired t-test on the "
-            f"log time ratios of runs with the same seed, leaderboard/stats.py)")  # fmt: skip
+            f"log time ratios of runs with the same seed, harness/stats.py)")  # fmt: skip
     clock = (f"Times are training seconds by the referee's clock, interpolated between evaluations every "
              f"{proxy.eval_every} steps.")  # fmt: skip
     if args.drift:

@@ -42,18 +42,26 @@ class EventLog:
         self.path = path
         self.wall_start, self.start = time.time(), time.monotonic()
         self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 - closed in close()
+        self.error: str | None = None
 
     def write(self, event: str, key: str | int | None = None, value: object = None, at: float | None = None) -> None:
         if self.file is None:
             return
         t = (time.monotonic() if at is None else at) - self.start
         line = {"time": round(self.wall_start + t, 4), "t": round(t, 4), "event": event, "key": key, "value": value}
-        self.file.write(strict_json(line) + "\n")
-        self.file.flush()  # a line at a time: a killed run leaves at most one partial last line
+        try:
+            self.file.write(strict_json(line) + "\n")
+            self.file.flush()  # a line at a time: a killed run leaves at most one partial last line
+        except OSError as exc:  # a full disk: the run goes on, and the record says the log stopped here
+            self.error = f"{self.path}: {exc.strerror or exc} at t={t:.1f} s; later events are missing"
+            self.file = None
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass
             self.file = None
 
 

@@ -1,5 +1,5 @@
 """A/B comparison of two submissions on this machine: interleaved runs, then every metric's difference with its
-95% confidence interval and p-value, computed by the leaderboard's statistics module (``leaderboard/stats.py``).
+95% confidence interval and p-value, computed by the statistics module (``harness/stats.py``).
 
     python -m harness.compare submissions/climbmix submissions/my_idea --profile cpu --depth 2 --max-steps 10 \
         --no-core
@@ -45,7 +45,8 @@ from pathlib import Path
 
 from harness import profiles
 from harness.plugins import SubmissionError, load_submission
-from leaderboard.stats import CONFIDENCE, Comparison, compare_samples
+from harness.run import parse_args as harness_parse_args
+from harness.stats import CONFIDENCE, Comparison, compare_samples
 
 ALPHA = 1 - CONFIDENCE  # two-sided: p < ALPHA exactly when the 95% interval of the difference excludes zero
 LOSS_FRACTIONS = (0.25, 0.5, 0.75)  # loss compared a quarter, half and three quarters into training (and at the end)
@@ -339,7 +340,7 @@ def render_markdown(meta: dict, per_depth: dict, transfers: list[Transfer]) -> s
         f"({meta['hardware']}); "
         f"profile `{meta['profile']}`; seeds {meta['seeds']} (pair i: both sides seed i); "
         f"harness flags: `{' '.join(meta['harness_args']) or '(none)'}`.",
-        "Welch's t-test on each metric (leaderboard/stats.py): B - A and B / A with 95% intervals, two-sided p; "
+        "Welch's t-test on each metric (harness/stats.py): B - A and B / A with 95% intervals, two-sided p; "
         f"significant when p < {ALPHA:.2g}.",
     ]
     for depth, rows in per_depth.items():
@@ -443,8 +444,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if owned:
         p.error(f"{', '.join(owned)}: set by this command for each run; use its own --out, --seed, --depth(s)")
     # Check the pass-through flags with the harness's own parser now, not after the first run fails on them.
-    from harness.run import parse_args as harness_parse_args
-
     try:
         harness_parse_args([args.a, *extra])
     except SystemExit:

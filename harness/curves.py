@@ -13,7 +13,9 @@ What is read, in ``events.jsonl`` (the harness's event log):
   ``step_times`` lines (``key`` the first step, ``value`` each step's seconds); a step whose time is unknown
   (a resumed run's earlier segment) has ``time_s`` None and is left out of plots against time.
 - ``val_bpb`` lines: ``key`` the number of steps done, ``value`` the bits per byte, or an object ``{"val_bpb": x,
-  "training_time_s": t}``; without ``training_time_s``, the time at the end of the last step done.
+  "rows": ..., "training_time_s": t}``; without ``training_time_s``, the time at the end of the last step done.
+  The curve is the in-training val_bpb (``rows`` "monitor"); the referee's final value (``rows`` "validation",
+  on the fixed validation rows) is another measurement and is left out of it.
 
 When the log has no ``train_loss`` or ``val_bpb`` lines, the record's ``loss_curve`` and ``evals`` are used.
 Points whose value is not a finite number (a diverged run; null in strict JSON) are left out.
@@ -98,6 +100,8 @@ def run_curves(record: dict | None, events: list[dict], label: str = "") -> RunC
                 curves.lr_mult.append(Point(step, mult, time_s))
         elif e.get("event") == "val_bpb":
             fields = value if isinstance(value, dict) else {"val_bpb": value}
+            if fields.get("rows") == "validation":  # the referee's final value is on other rows: not this curve
+                continue
             time_s = _number(fields.get("training_time_s"))
             time_s = time_s if time_s is not None else ends.get(step - 1, 0.0 if step == 0 else None)
             if (bpb := _number(fields.get("val_bpb"))) is not None:

@@ -15,6 +15,7 @@ packed at ``--seq-len``), which the worker never saw; CORE follows evals/core.py
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import sysconfig
@@ -61,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def program_path(model: Path) -> Path:
     """The program file of a run directory, its model/ folder, or the file itself."""
-    from harness.checkpoint import MODEL_DIR, PROGRAM_FILE
+    from harness.checkpoint import MODEL_DIR, PROGRAM_FILE  # here, not at the top: see main()
 
     if (model / MODEL_DIR).is_dir():
         model = model / MODEL_DIR
@@ -70,6 +71,7 @@ def program_path(model: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Imported once the arguments are good: --help and usage errors answer without loading torch.
     import torch
 
     from evals.bpb import evaluate_bpb
@@ -98,14 +100,25 @@ def main(argv: list[str] | None = None) -> int:
                 rows = validation_rows(args.val_file, tokenizer, args.val_tokens, args.seq_len)
                 batch = max(1, DEFAULT_BATCH_TOKENS[torch.device(device).type] // args.seq_len)
                 result["val_bpb"] = evaluate_bpb(program, rows, tokenizer.token_bytes(), batch, device)
+                result["val_rows_sha256"] = hashlib.sha256(rows.numpy().tobytes()).hexdigest()  # which tokens
                 print(f"val_bpb {result['val_bpb']:.6f} ({rows.shape[0]} rows of {args.seq_len} tokens)", flush=True)
             if args.bundle is not None:
                 bundle = load_bundle(args.bundle)
                 if args.bundle_digest and bundle.digest != args.bundle_digest:
                     raise BundleError(f"the eval bundle at {args.bundle} changed since the run started")
                 dump: list | None = [] if args.dump else None
-                core = evaluate_core(program, tokenizer, bundle, args.max_per_task or -1, device,
-                                     progress=sys.stderr.isatty(), dump=dump)  # fmt: skip
+                piped = None if sys.stderr.isatty() else lambda line: print(line, flush=True)  # a line per task
+                core = evaluate_core(
+                    program,
+                    tokenizer,
+                    bundle,
+                    args.max_per_task or -1,
+                    device,
+                    progress=sys.stderr.isatty(),
+                    dump=dump,
+                    max_len=program.max_len,
+                    log=piped,
+                )
                 print(core.table(), flush=True)
                 result["core"] = core.to_dict()
                 if args.dump:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,3 +137,13 @@ def cache_dir() -> Path:
     """Root of the harness's caches (data, tokenizers, eval bundle): $SPEEDRUN_CACHE or ~/.cache/speedrun."""
     root = os.environ.get("SPEEDRUN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "speedrun")
     return Path(root)
+
+
+def check_free_space(path: Path, needed_bytes: int) -> None:
+    """Refuse to start when the output directory's disk cannot hold the checkpoints and record."""
+    free = shutil.disk_usage(path).free
+    if free < needed_bytes:
+        raise OSError(
+            f"{path} has {free / 1e9:.2f} GB free but the run needs about {needed_bytes / 1e9:.2f} GB for its "
+            f"checkpoints; free some space or pass --out DIR on a larger disk"
+        )

@@ -3,8 +3,8 @@
     peak_flops(torch.cuda.get_device_name())          # 989e12 on an H100 SXM, None if unknown
     mfu(flops_per_token, tokens_per_second, "NVIDIA H100 80GB HBM3", num_gpus=8)
 
-Figures are the vendors' dense (no sparsity) bf16 tensor-core peaks, as listed in nanochat-recipe.md
-(Precision and speed). MFU = flops_per_token * tokens/s / (peak * GPUs) (PaLM, Chowdhery et al. 2022, app. B).
+Figures are the vendors' dense (no sparsity) bf16 tensor-core peaks, as listed in docs/spec/reference-recipe.md
+(Speed and MFU). MFU = flops_per_token * tokens/s / (peak * GPUs) (PaLM, Chowdhery et al. 2022, app. B).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class Run:
 
     profile: str  # "8xh100", "gpu" or "cpu"
     device: str  # "cuda:3", "cpu", ...: where this rank's model must live
-    dtype: str  # compute dtype: "bfloat16" or "float32" (master weights stay float32)
+    dtype: str  # compute dtype: "bfloat16" or "float32" (master weights stay float32; lookups may use dtype)
     rank: int
     local_rank: int
     world_size: int
@@ -81,10 +81,6 @@ class Plan:
             )
         return self.total_batch_tokens // per_micro_step
 
-    @property
-    def total_tokens(self) -> int:
-        return self.num_steps * self.total_batch_tokens
-
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (device_batch, seq_len) int64
 Schedule = Callable[[int], dict[str, float]]
@@ -103,7 +99,8 @@ def select_dataset(run: Run) -> str:
 
 @hookspec(firstresult=True)
 def build_model(run: Run) -> torch.nn.Module:
-    """Build the model on ``run.device`` with float32 parameters, every parameter initialised.
+    """Build the model on ``run.device``, every parameter initialised: float32 master weights (lookup tables such
+    as embeddings may be stored in ``run.dtype``, as the reference does).
 
     The module must support two calls:
       ``model(inputs) -> logits`` of shape (B, T, vocab_size), float32, for the evals;
@@ -112,6 +109,8 @@ def build_model(run: Run) -> torch.nn.Module:
     ``model(inputs)`` must be exportable by ``torch.export`` (plain tensors in, logits out): the referee evaluates
     the exported program, without importing the submission, and checks exportability before training.
     Seed-dependent initialisation must use the global torch RNG, which the harness seeds.
+    ``run.device`` may be ``"meta"``: ``harness.memory`` builds the model there, shapes without data, to
+    estimate its memory before a run (initialisation may then be skipped).
     """
 
 
@@ -125,8 +124,13 @@ def build_optimizer(model: torch.nn.Module, plan: Plan, run: Run) -> torch.optim
     """Return one optimizer whose parameter groups hold every trainable parameter exactly once.
 
     ``model`` is the bare module (not wrapped for distribution). Gradients arrive already averaged over
-    ranks, so the optimizer needs no communication of its own. All of its state must live in
-    ``state_dict()``: the harness restores it after the untimed warm-up steps and saves it in checkpoints.
+    ranks, so the optimizer needs no communication of its own. With several ranks the harness shards the
+    optimizer (ZeRO-2, ``harness/sharding.py``): on each rank only the parameters it owns have a ``.grad`` (the
+    others have ``None``), and after ``step()`` the harness copies every parameter from its owner. So the
+    optimizer must skip parameters whose ``.grad`` is None (every torch optimizer does), keep its state per
+    parameter, and not combine gradients across parameters (a global gradient norm would see one rank's
+    share). All of its state must live in ``state_dict()``: the harness restores it after the untimed warm-up
+    steps and saves it in checkpoints.
     """
 
 
@@ -144,10 +148,11 @@ def train_step(model: torch.nn.Module, batches: Iterable[Batch], plan: Plan, run
     """Run forward and backward over one optimizer step's micro-batches; return the mean loss, detached.
 
     ``batches`` yields ``plan.grad_accum_steps(run.world_size)`` pairs; fetching them is timed.
-    ``model`` is wrapped in DistributedDataParallel when ``run.world_size > 1``: gradients must be
-    averaged over ranks exactly once per step (use ``model.no_sync()`` on all but the last micro-step).
-    Must not call the optimizer: the harness does, after the schedule. The harness's default
-    implementation is in ``harness/defaults.py``.
+    ``model`` is the bare module, as ``build_model`` returned it (no DistributedDataParallel wrapper): the
+    gradients this rank accumulates stay local, and after train_step returns the harness averages them over
+    ranks once (``harness/sharding.py``). Accumulate into ``.grad`` with ``backward()``; do not zero or
+    communicate gradients. Must not call the optimizer: the harness does, after the schedule. The harness's
+    default implementation is in ``harness/defaults.py``.
     """
 
 

@@ -6,10 +6,10 @@
     loader.stream_digest                            # proof of every token handed out so far
     rows = validation_rows(ds.val_file, tok, num_tokens=20 * 524_288, seq_len=2048)   # (N, T+1), same on all ranks
 
-Packing follows the reference (nanochat-recipe.md, Data): every document is tokenized with BOS in front and kept in
-a buffer of ``buffer_docs`` documents, refilled 128 at a time; each row of T+1 tokens is filled by taking the largest
-buffered document that fits (the earliest buffered among equals) and, when none fits, the shortest one cropped to
-the room left (its remainder is dropped, never reused). Every row starts with BOS and there is no padding.
+Packing follows the reference (docs/spec/reference-recipe.md, Packing): every document is tokenized with BOS in front
+and kept in a buffer of ``buffer_docs`` documents, refilled 128 at a time; each row of T+1 tokens is filled by taking
+the largest buffered document that fits (the earliest buffered among equals) and, when none fits, the shortest one
+cropped to the room left (its remainder is dropped, never reused). Every row starts with BOS and there is no padding.
 
 Distribution: rank r of W reads row groups r, r+W, r+2W, ... of every file, in file order. The ``seed`` picks the
 order: seed 0 reads files and row groups in catalog order every epoch (the reference's order); any other seed
@@ -473,7 +473,7 @@ def validation_rows(
 
     Best-fit packed from the validation shard in file order, exactly like training rows. It depends on nothing
     but its arguments (not world size, not batch size), so every configuration evaluates the same tokens: give
-    rank r the rows r::world_size (see iter_validation_batches).
+    rank r the rows r::world_size (evals.bpb does).
     """
     num_rows = num_tokens // seq_len
     if num_rows < 1:
@@ -507,14 +507,3 @@ def validation_rows(
             f"{num_rows} asked for; ask for at most num_tokens={made * seq_len}"
         )
     return out
-
-
-def iter_validation_batches(
-    rows: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1, device: str = "cpu"
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share (rows rank::world_size) of the validation rows as (inputs, targets) batches on ``device``;
-    the last batch may be smaller. Sum losses and byte counts locally, then all-reduce once."""
-    mine = rows[rank::world_size]
-    for i in range(0, len(mine), batch_size):
-        batch = mine[i : i + batch_size].to(device, non_blocking=True)
-        yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()

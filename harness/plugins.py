@@ -16,24 +16,31 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import pluggy
+import torch
 
-from harness import defaults, hookspecs
+from harness import hookspecs
+from harness.fileio import sha256_file
 
 HOOKS_FILE = "submission.py"
 ENTRY_POINT_GROUP = "speedrun.submissions"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BASELINE_DIR = REPO_ROOT / "baselines" / "nanochat"
+# The plugins behind every submission, asked last first: the harness's own train_step, then the reference recipe.
+# Names, imported when a submission is loaded (as llm registers its default plugins), so this module does not
+# depend on the baselines that depend on it.
+DEFAULT_PLUGINS = (("harness-defaults", "harness.defaults"), ("baseline:nanochat", "baselines.nanochat.submission"))
 EXAMPLE = Path("submissions") / "climbmix"  # the submission error messages point to
 # Files that are part of a submission's identity (its digest); caches and editor droppings are not.
 SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints"}
@@ -93,8 +100,6 @@ def read_sources(folder: Path, files: dict[str, str]) -> dict[str, str]:
 
 def submission_files(folder: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file of a submission folder; a symlink is refused by name."""
-    from harness.fileio import sha256_file
-
     files = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
@@ -181,9 +186,8 @@ def resolve(spec: str) -> tuple[str, Path, ModuleType]:
             )
         folder = candidate.resolve()
         name = folder.name
-        if folder == BASELINE_DIR.resolve():
-            import baselines.nanochat.submission as module  # the baseline is one module, never imported twice
-        else:
+        module = default_plugin_at(hooks_file.resolve())  # a default plugin run as the submission: one module
+        if module is None:
             module = import_hooks_file(hooks_file, f"speedrun_submission_{name.replace('-', '_')}")
         return name, folder, module
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -290,21 +294,106 @@ def register(pm: pluggy.PluginManager, module: ModuleType, name: str) -> None:
         ) from exc
 
 
-def load_submission(spec: str) -> Submission:
-    """Load ``spec`` with the baseline and harness defaults behind it; fail fast on contract errors."""
-    import baselines.nanochat.submission as baseline
+def default_plugin_at(path: Path) -> ModuleType | None:
+    """The default plugin module whose file is ``path`` (imported by name), or None."""
+    for _, module_name in DEFAULT_PLUGINS:
+        found = importlib.util.find_spec(module_name)
+        if found is not None and found.origin and Path(found.origin).resolve() == path:
+            return importlib.import_module(module_name)
+    return None
 
+
+def load_submission(spec: str) -> Submission:
+    """Load ``spec`` with the default plugins behind it; fail fast on contract errors."""
     valid = hook_names()
     name, folder, module = resolve(spec)
     check_hook_functions(module, valid)
     pm = pluggy.PluginManager("speedrun")
     pm.add_hookspecs(hookspecs)
-    register(pm, defaults, "harness-defaults")
-    if module is not baseline:
-        register(pm, baseline, "baseline:nanochat")
+    for plugin_name, module_name in DEFAULT_PLUGINS:
+        plugin = importlib.import_module(module_name)
+        if plugin is not module:
+            register(pm, plugin, plugin_name)
     register(pm, module, f"submission:{name}")
     pm.check_pending()
     if os.environ.get("SPEEDRUN_TRACE_HOOKS", "") not in ("", "0"):
         trace_hooks(pm)
     overrides = sorted(attr for attr in valid if hasattr(getattr(module, attr, None), "speedrun_impl"))
     return Submission(name, folder, module, pm, overrides, submission_files(folder))
+
+
+# ------------------------------------------------------------------------------------------------
+# Calling hooks: a failure names the file that answered, the hook and the fix
+
+FIXES = {
+    "select_dataset": "return one of the catalog names (python -m harness.data list)",
+    "build_model": "fix the model construction; it must return a torch.nn.Module on run.device",
+    "plan_training": "return a harness.hookspecs.Plan whose batch divides into device_batch * seq_len * world_size",
+    "build_optimizer": "return one torch.optim.Optimizer over every trainable parameter",
+    "build_schedule": "return a callable schedule(step) -> dict",
+    "train_step": "fix the forward/backward code; it must return the mean loss as a tensor",
+}
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM arrived: the run stops at a step boundary, checkpoints, and records `interrupted`."""
+
+    agreed = False  # True when every rank stopped at the same step boundary (StopSignal.raise_if_stopping)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+    )
+
+
+def implementing_file(submission: Submission, tb) -> str:
+    """The plugin file the failing frame belongs to: the submission's own, else the baseline's, else the harness."""
+    plugin_files = {
+        str(Path(inspect.getfile(plugin)).resolve()): name
+        for name, plugin in submission.pm.list_name_plugin()
+        if inspect.ismodule(plugin)
+    }
+    found = None
+    for frame, _ in traceback.walk_tb(tb):
+        path = str(Path(frame.f_code.co_filename).resolve())
+        if path in plugin_files or path.startswith(str(submission.path)):
+            found = path
+    return found or str(submission.path / "submission.py")
+
+
+def hook_file(submission: Submission, hook: str) -> str:
+    """The file whose implementation answers ``hook``: the submission's when it overrides it, else the baseline's."""
+    impls = getattr(submission.hook, hook).get_hookimpls()
+    for impl in reversed(impls):  # pluggy calls the last registered (the submission) first
+        if inspect.ismodule(impl.plugin) and impl.plugin is not None:
+            return str(Path(inspect.getfile(impl.plugin)).resolve())
+    return str(submission.path / "submission.py")
+
+
+def call_hook(submission: Submission, name: str, expect: type | None = None, **kwargs):
+    """Call a hook; an exception inside it, or an answer that is not an ``expect``, becomes a SubmissionError
+    naming the file, the hook and the fix."""
+    try:
+        result = getattr(submission.hook, name)(**kwargs)
+    except (SubmissionError, RunInterrupted, KeyboardInterrupt):
+        raise
+    except SystemExit as exc:
+        where = implementing_file(submission, exc.__traceback__)
+        raise SubmissionError(
+            f"{where}: hook {name} called sys.exit({exc.code!r}); a submission must not end the "
+            f"process. Fix: return from the hook (raise an exception to report an error)."
+        ) from exc
+    except Exception as exc:
+        where = implementing_file(submission, exc.__traceback__)
+        if is_out_of_memory(exc):
+            fix = "the model does not fit in memory: lower --depth, or device_batch in plan_training"
+        else:
+            fix = FIXES.get(name, "fix the hook")
+        raise SubmissionError(f"{where}: hook {name} raised {type(exc).__name__}: {exc}. Fix: {fix}.") from exc
+    if expect is not None and not isinstance(result, expect):
+        wanted = f"{expect.__module__}.{expect.__qualname__}"
+        raise SubmissionError(f"{hook_file(submission, name)}: {name} returned {type(result).__name__}, not a {wanted}")
+    return result

@@ -1,4 +1,4 @@
-"""Hardware profiles, the hardware fingerprint and a short calibration, and the eligibility verdict.
+"""Hardware profiles, the hardware fingerprint and a short calibration.
 
 A profile fixes what a run on that hardware is: the device, the world size it needs, the sequence length,
 the vocabulary, the evaluation budget, and whether it can set a record. ``8xh100`` is the record profile;
@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.flops import peak_flops
-
-# The reference evaluates 80 x 524,288 validation tokens (nanochat-recipe.md, Tokenizer).
+# The reference evaluates 80 x 524,288 validation tokens (docs/spec/reference-recipe.md, Validation bits per byte).
 REFERENCE_VAL_TOKENS = 80 * 524_288
 
 
@@ -251,26 +249,4 @@ def calibrate(device: torch.device, world_size: int = 1) -> dict:
         seconds = _timed(lambda: torch.distributed.all_reduce(buf), device, repeats=5)
         # Bus bandwidth as nccl-tests defines it for all-reduce: bytes * 2(n-1)/n per second.
         result["allreduce_busbw_gbps"] = buf.numel() * 4 * 2 * (world_size - 1) / world_size / seconds / 1e9
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
-
-
-def calibration_shortfalls(profile: Profile, calibration: dict) -> list[str]:
-    reasons = []
-    if calibration.get("matmul_tflops", 0.0) < profile.min_matmul_tflops:
-        reasons.append(
-            f"matmul calibration {calibration['matmul_tflops']} TFLOP/s is below the {profile.name} floor of "
-            f"{profile.min_matmul_tflops}"
-        )
-    if calibration.get("memory_gbps", 0.0) < profile.min_memory_gbps:
-        reasons.append(
-            f"memory calibration {calibration['memory_gbps']} GB/s is below the {profile.name} floor of "
-            f"{profile.min_memory_gbps}"
-        )
-    return reasons
-
-
-def peak_flops_of(fingerprint: dict) -> float | None:
-    """Peak bf16 FLOP/s of one of the fingerprinted GPUs, or None (CPU, unlisted GPUs): MFU is then not reported."""
-    if not fingerprint.get("gpus"):
-        return None
-    return peak_flops(fingerprint["gpus"][0]["name"])
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}  # 4 significant figures

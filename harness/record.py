@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jsonschema
 
+from harness.clock import read_events
 from harness.fileio import atomic_write_json, sha256_file
 
 SCHEMA_PATH = Path(__file__).with_name("record.schema.json")
@@ -43,13 +44,34 @@ def validate_record(record: dict) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
 
 
-def write_record(run_dir: Path, record: dict) -> Path:
+RECORD_FILE = "record.json"
+
+
+def record_files(run_dir: Path) -> list[Path]:
+    """The records of a run directory, oldest first: record.json, then record.resume-1.json, -2, ... (a resumed
+    run writes its record beside the earlier ones: a record once written is never replaced)."""
+    run_dir = Path(run_dir)
+    resumed = sorted(run_dir.glob("record.resume-*.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    return [p for p in [run_dir / RECORD_FILE, *resumed] if p.is_file()]
+
+
+def next_record_file(run_dir: Path) -> Path:
+    """Where the next record of ``run_dir`` goes: record.json first, then record.resume-N.json."""
+    found = record_files(run_dir)
+    return Path(run_dir) / (RECORD_FILE if not found else f"record.resume-{len(found)}.json")
+
+
+def write_record(path: Path, record: dict, reserved: bool = False) -> Path:
+    """Validate ``record`` and write it atomically at ``path``; never over an existing record. ``reserved``: the
+    referee chose ``path`` when the run started, when nothing was there; whatever is there now is not a record it
+    wrote (a submission's file), and is replaced."""
     errors = validate_record(record)
     if errors:
         raise ValueError("refusing to write a record that breaks harness/record.schema.json:\n  " + "\n  ".join(errors))
-    path = Path(run_dir) / "record.json"
+    if Path(path).exists() and not reserved:
+        raise FileExistsError(f"{path} already holds a record; a record once written is never replaced")
     atomic_write_json(path, record)
-    return path
+    return Path(path)
 
 
 def _git(*args: str) -> str | None:
@@ -57,7 +79,7 @@ def _git(*args: str) -> str | None:
         out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout.rstrip() if out.returncode == 0 else None  # not strip(): porcelain lines start with a space
 
 
 def harness_digest() -> str:
@@ -97,21 +119,17 @@ def _text(path: Path) -> str:
         return f"(not UTF-8: sha256 {sha256_file(path)})"
 
 
-def record_sha256(run_dir: Path) -> str:
-    return sha256_file(Path(run_dir) / "record.json")
-
-
-def record_digest_problem(run_dir: Path) -> str | None:
-    """Whether record.json is the file the referee wrote: its sha256 against the last line of events.jsonl."""
-    from harness.clock import read_events
-
+def record_digest_problem(run_dir: Path, name: str = RECORD_FILE) -> str | None:
+    """Whether the record ``name`` in ``run_dir`` is the file the referee wrote: its sha256 against the
+    ``record_written`` line the referee appended to events.jsonl after writing it."""
     run_dir = Path(run_dir)
     events = read_events(run_dir / "events.jsonl")
-    written = next((e["value"] for e in reversed(events) if e.get("event") == "record_written"), None)
-    if not isinstance(written, dict) or "sha256" not in written:
-        return f"{run_dir / 'events.jsonl'} has no record_written line: the run did not end with the referee's record"
-    if written["sha256"] != record_sha256(run_dir):
-        return f"{run_dir / 'record.json'} is not the record the referee wrote (its sha256 differs from events.jsonl)"
+    written = [e["value"] for e in events if e.get("event") == "record_written" and isinstance(e.get("value"), dict)]
+    mine = [w for w in written if w.get("file", RECORD_FILE) == name]
+    if not mine:
+        return f"{run_dir / 'events.jsonl'} has no record_written line for {name}: the referee did not write it"
+    if mine[-1].get("sha256") != sha256_file(run_dir / name):
+        return f"{run_dir / name} is not the record the referee wrote (its sha256 differs from events.jsonl)"
     return None
 
 
@@ -122,7 +140,7 @@ def environment() -> dict:
             env[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             env[name] = None
-    import torch
+    import torch  # here: the leaderboard reads records without loading torch
 
     env["torch"] = torch.__version__
     env["cuda"] = torch.version.cuda

@@ -28,7 +28,9 @@ class Progress:
         if not self.enabled:
             return
         mfu = f"{metrics['mfu'] * 100:.1f}%" if metrics.get("mfu") is not None else "n/a"
-        text = f"loss {metrics['loss']:.4f} | {metrics['tokens_per_s']:,.0f} tok/s | MFU {mfu}"
+        lr = f" | lr x{metrics['lr_mult']:.3f}" if isinstance(metrics.get("lr_mult"), float | int) else ""
+        text = (f"loss {metrics['loss']:.4f}{lr} | {metrics['step_ms']:,.0f} ms/step | {metrics['tokens_per_s']:,.0f} "
+                f"tok/s | MFU {mfu} | trained {metrics['trained_s']:,.1f}s")  # fmt: skip
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=False)
             self.bar.update(1)
@@ -45,6 +47,24 @@ def describe_submission(sub: dict | None) -> str:
     if sub is None:
         return "-"
     return f"{sub['name']} (overrides: {', '.join(sub['overrides']) or 'none'})"
+
+
+def closing_lines(record: dict, path, out) -> str:
+    """What was written, and the commands a user wants next."""
+    lines = [f"record: {path}", f"events: {out / 'events.jsonl'}"]
+    if record.get("program"):
+        lines.append(f"model:  {record['program']['path']} (torch.export program; python -m harness.evaluate {out})")
+    if record["status"] == "interrupted" and record.get("checkpoint"):
+        lines.append(f"checkpoint: {record['checkpoint']}")
+    if record["status"] in ("interrupted", "failed") and (record.get("checkpoint") or record.get("program")):
+        lines.append(f"resume: python -m harness.run {record['submission']['path'] if record['submission'] else ''} "
+                     f"--out {out} --resume")  # fmt: skip
+    if record["status"] == "finished":
+        lines.append(f"plot:   python -m harness.plot {out}")
+        lines.append(f"compare: python -m harness.compare {record['submission']['path']} OTHER_SUBMISSION")
+        track = "record" if record["eligibility"]["eligible"] else "dev"
+        lines.append(f"file:   python -m leaderboard add {out} ... --track {track}")
+    return "\n".join(lines)
 
 
 def summary_table(record: dict) -> str:

@@ -35,28 +35,36 @@ import torch
 from filelock import Timeout
 
 from evals.bundle import load_bundle, resolve_bundle
-from harness import profiles
+from harness import checkpoint, flops, profiles
 from harness.channel import CLOSED, Channel
 from harness.clock import EventLog
 from harness.data import get_tokenizer, prepare_dataset
 from harness.evaluate import isolated_command
-from harness.fileio import atomic_write_json, file_lock
-from harness.guard import check_free_space
+from harness.fileio import atomic_write_json, cache_dir, check_free_space, file_lock, sha256_file
 from harness.loader import validation_rows
 from harness.plugins import SubmissionError, describe_folder, locate_submission
 from harness.record import (
     REPO_ROOT,
     harness_digest,
     harness_provenance,
+    next_record_file,
     record_digest_problem,
-    record_sha256,
+    record_files,
     write_record,
 )
-from harness.report import Progress, new_record, summary_table
+from harness.referee import CLOCK_TOLERANCE, judge
+from harness.report import Progress, closing_lines, new_record, summary_table
+from harness.tokenizer import Tokenizer
 from harness.watch import FileWatch, become_subreaper, changed_since, library_roots, reap_descendants
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
-CLOCK_TOLERANCE = (0.02, 2.0)  # the worker's and the referee's clocks may differ by 2% or 2 s, whichever is larger
+
+
+def eval_pycache() -> Path:
+    """The eval process's bytecode cache (harness/evaluate.py isolated_command)."""
+    return cache_dir() / "pycache"
+
+
 TORCHRUN_ENV = (
     "RANK",
     "LOCAL_RANK",
@@ -70,6 +78,7 @@ TORCHRUN_ENV = (
     "GROUP_WORLD_SIZE",
     "ROLE_NAME",
 )
+RECORD_ROOM = 64 << 20  # bytes the referee wants free for its logs, inputs and record (the worker checks its own)
 STOP_GRACE_S = {"cpu": 20.0, "cuda": 300.0}  # how long a stopping worker may take to save its checkpoint
 WARMUP_LOSS_RTOL = {"cpu": 0.0, "cuda": 1e-3}  # bitwise on CPU; GPU kernels may reduce in another order
 
@@ -154,6 +163,12 @@ class Config:
     wandb: str | None
     world_size: int  # torchrun's WORLD_SIZE (1 without torchrun)
 
+    def to_json(self) -> dict:
+        """What the record keeps of the configuration (the command line is in record["command"])."""
+        fields = ("seed", "depth", "max_steps", "max_per_task", "core", "checkpoint_every", "eval_every", "resume",
+                  "train_shards", "world_size")  # fmt: skip
+        return {name: getattr(self, name) for name in fields}
+
     @classmethod
     def resolve(cls, args: argparse.Namespace, argv: list[str], profile: profiles.Profile) -> Config:
         asked = profile.core_max_per_task if args.max_per_task is None else args.max_per_task
@@ -185,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", 0)) > 0:
         become_worker(argv)
     args = parse_args(argv)
+    if args.resume:  # continue the run as it was started: its stored arguments, never new defaults
+        try:
+            args, argv = resume_arguments(args, argv)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     record = new_record(args, argv)
     started = time.monotonic()
 
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    record.update(profile=profile.name, fingerprint=fp)
+    record.update(profile=profile.name, fingerprint=fp, config=config.to_json())
 
     # ---- output directory: writable with room to spare, one run at a time, never over a finished record
     out = config.out
@@ -218,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    record_path = next_record_file(out)  # reserved now: the record goes there whatever appears meanwhile
     events = EventLog(out / "events.jsonl")
     events.write("run_start", None, {"submission": config.submission, "profile": profile.name, "argv": argv})
     referee = Referee(config, record, events)
@@ -240,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         reap_descendants()
 
-    # ---- record: the submission's observers see a copy; then the referee writes it, once, atomically
+    # ---- record: judged, shown to the submission's observers as a copy, then written once, atomically
     referee.record_progress()
+    record["eligibility"] = judge(record).to_json()
     referee.observe(signals)
     signals.deferring = True  # a signal now is noted, not allowed to cut the record short
     referee.close_phases()
@@ -249,16 +272,86 @@ def main(argv: list[str] | None = None) -> int:
     record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     events.write("run_stop", None, record["status"])
     record["wall_time_s"] = round(time.monotonic() - started, 3)
-    write_record(out, record)
-    events.write("record_written", None, {"sha256": record_sha256(out)})  # what leaderboard add checks
+    if events.error:
+        record["events_error"] = events.error
+    path = save_record(record_path, record, events)
     print(summary_table(record))
-    print(f"record: {out / 'record.json'}")
+    print(closing_lines(record, path, out))
     if record["error"]:
         print(f"{record['status']}: {record['error']['message']}", file=sys.stderr)
     events.close()
     lock.release()
     signals.uninstall()
     return 0 if record["status"] == "finished" else 1
+
+
+def save_record(path: Path, record: dict, events: EventLog) -> Path:
+    """Write the record at the path reserved for it when the run started (beside any earlier record of the run,
+    never over one), and its sha256 into events.jsonl. On a full or failing disk, write it where there is room,
+    or print it whole: a record is never lost."""
+    out = path.parent
+    try:
+        write_record(path, record, reserved=True)
+        events.write("record_written", None, {"file": path.name, "sha256": sha256_file(path)})  # leaderboard add
+        return path
+    except OSError as exc:
+        size = len(json.dumps(record))
+        elsewhere = Path(tempfile.gettempdir()) / f"speedrun-record-{out.name}-{os.getpid()}.json"
+        print(f"error: cannot write {path} ({exc.strerror or exc}; the record needs {size / 1024:.0f} KB): "
+              f"writing it to {elsewhere} instead; move it into {out} when there is room", file=sys.stderr)  # fmt: skip
+        try:
+            write_record(elsewhere, record)
+            return elsewhere
+        except OSError:
+            print("error: that failed too; the record follows on stderr:\n" + json.dumps(record), file=sys.stderr)
+            return path
+
+
+def resume_arguments(args: argparse.Namespace, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The arguments of the run that ``--resume --out DIR`` continues: as it was started (its last record's
+    command, or its checkpoint's), with --resume. A flag given again must agree with them; a finished run is
+    never resumed."""
+    out = args.out
+    records = record_files(out)
+    stored = None
+    if records:
+        last = json.loads(records[-1].read_text())
+        if last["status"] == "finished":
+            raise UsageError(f"{records[-1]} is a finished run, and a finished record is never replaced; start "
+                             f"a new run with another --out")  # fmt: skip
+        stored = last["command"][3:]  # [python, -m, harness.run, *argv]
+    meta = checkpoint.latest_meta(out)
+    if stored is None and meta is not None:
+        stored = meta.get("argv")
+    if stored is None:
+        raise UsageError(f"--resume: {out} holds no record and no intact checkpoint to continue; start a new run")
+    original = parse_args([arg for arg in stored if arg != "--resume"])
+    given = {token.split("=")[0][2:].replace("-", "_") for token in argv if token.startswith("--")}
+    given -= {"resume", "out"}
+    conflicts = [f"--{name.replace('_', '-')} {getattr(args, name)} (the run used {getattr(original, name)})"
+                 for name in sorted(given) if getattr(args, name) != getattr(original, name)]  # fmt: skip
+    same_submission = Path(args.submission).resolve() == Path(original.submission).resolve()
+    if args.submission != original.submission and not same_submission:
+        conflicts.append(f"submission {args.submission} (the run used {original.submission})")
+    if conflicts:
+        raise UsageError(f"--resume continues {out} as it was started ({' '.join(stored)}); these differ: "
+                         f"{'; '.join(conflicts)}. Drop them, or start a new run with another --out")  # fmt: skip
+    effective = without_flag([arg for arg in stored if arg != "--resume"], "--out")
+    effective += ["--out", str(out), "--resume"]
+    return parse_args(effective), effective
+
+
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (``--flag VALUE`` or ``--flag=VALUE``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            kept.append(arg)
+    return kept
 
 
 def become_worker(argv: list[str]) -> None:
@@ -289,6 +382,8 @@ def check_out_dir(out: Path, resume: bool) -> None:
         ) from exc
     if finished and not resume:
         raise UsageError(f"{out} already holds a record; pass a new --out (or --resume to continue that run)")
+    if resume and not finished and checkpoint.latest_meta(out) is None:
+        raise UsageError(f"--resume: no intact checkpoint under {out / checkpoint.CHECKPOINTS_DIR}; start a new run")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,7 +432,7 @@ class Referee:
         self.config, self.record, self.events = config, record, events
         self.profile = config.profile
         self.phases: dict[str, float] = defaultdict(float)  # seconds per phase, on the referee's clock
-        self.current, self.since = "setup", time.monotonic()
+        self.current, self.since = "start", time.monotonic()  # the bundle and the submission's files
         self.worker_phases: dict[str, float] = {}
         self.reports: dict[str, dict] = {}  # the last message of each kind from the worker
         self.step_seconds: list[float] = []  # as the worker timed them
@@ -349,6 +444,7 @@ class Referee:
         self.step = 0
         self.step_began = 0.0
         self.probing = False  # the probe's own phases all count as "probe"
+        self.evals_only_resume = False  # an evals-only resume (the training session recorded the rest)
         self.progress: Progress | None = None
         self.wandb = None
 
@@ -379,6 +475,9 @@ class Referee:
         bundle = resolve_bundle(config.eval_bundle) if config.core else None
         folder = locate_submission(config.submission)
         record["submission"] = describe_folder(folder, None if Path(config.submission).exists() else config.submission)
+        before = previous_record(out) if config.resume else None
+        if before is not None and before.get("program") and before["steps_completed"] == before["plan"]["num_steps"]:
+            return self.evals_only(before, bundle, signals)
 
         # ---- the submission's dataset choice, from a short-lived worker (the referee never imports it)
         self.enter("probe")
@@ -390,6 +489,8 @@ class Referee:
         reap_descendants()  # whatever importing the submission started ends with the probe
         self.record_overrides()
         selected = self.reports["dataset"]["selected"]
+        if "memory" in self.reports:  # the plan's estimated peak per GPU (harness/memory.py), checked before data
+            record["memory"] = {k: self.reports["memory"][k] for k in ("allocated", "required", "capacity")}
 
         # ---- data and tokenizer, verified against their digests; the held-out rows of the in-training val_bpb
         self.enter("setup")
@@ -414,9 +515,9 @@ class Referee:
             monitor_rows=str(inputs / "monitor_rows.pt") if monitor is not None else None,
         )
         atomic_write_json(inputs / "worker.json", worker_config)
-        check_free_space(out, 1 << 30)
+        check_free_space(out, RECORD_ROOM)
         if config.wandb:
-            from harness.wandb_observer import WandbObserver
+            from harness.wandb_observer import WandbObserver  # only when asked for: importing wandb takes seconds
 
             self.wandb = WandbObserver(
                 config.wandb, out.name, {"submission": config.submission, "profile": profile.name, "argv": config.argv}
@@ -435,9 +536,11 @@ class Referee:
         # ---- the referee's evals of the exported program start now, while the referee checks the run: the clocks
         # agree, the warm-up restored everything, nothing the referee relies on was read or changed
         self.enter("eval")
+        signals.deferring = True  # from here a signal stops the evals, which keep the exported model (finish_evals)
         exported = self.reports["exported"]
+        record["program"] = {"path": exported["path"], "sha256": exported["sha256"]}
         evals = self.start_evals(Path(exported["path"]), exported["sha256"], dataset, tokenizer, bundle)
-        changed = changed_since(*worker_lifetime, library_roots())
+        changed = changed_since(*worker_lifetime, [*library_roots(), eval_pycache()])
         record["watch"] = {"available": watch.available, "watched": [str(p) for p in watched], "touched": touched,
                            "libraries_changed": changed, "left_behind": len(left_behind)}  # fmt: skip
         problems = [*self.clock_problems(), *self.warmup_problems()]
@@ -459,12 +562,21 @@ class Referee:
             raise RunFailed("; ".join(problems) + ". The referee's code, clock and files may not be touched by a "
                             "submission (docs/rules.md).")  # fmt: skip
         evaluated = self.finish_evals(evals, Path(exported["path"]), signals)
+        self.record_evals(evaluated, bundle)
+
+    def record_evals(self, evaluated: dict, bundle) -> None:
+        """What the referee's eval process measured: the calibration, val_bpb on the fixed rows, CORE."""
+        config, record = self.config, self.record
         record["calibration"] = evaluated.get("calibration", {})
-        record["program"] = {"path": exported["path"], "sha256": exported["sha256"], **evaluated["program"]}
+        record["program"].update(evaluated["program"])
         record["metrics"]["val_bpb"] = evaluated["val_bpb"]
-        record["evals"].append({"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation"})
+        if "val_bpb" in evaluated.get("non_finite", {}):  # the eval process wrote null: say what it was
+            record.setdefault("non_finite", {})["metrics.val_bpb"] = evaluated["non_finite"]["val_bpb"]
+        record["evals"].append({"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation",
+                                "rows_sha256": evaluated["val_rows_sha256"]})  # fmt: skip
+        trained = self.resumed_train_s + sum(self.step_seconds) if self.step_seconds else record["training_time_s"]
         self.events.write("val_bpb", self.step, {"val_bpb": evaluated["val_bpb"], "rows": "validation",
-                          "training_time_s": record["training_time_s"]})  # fmt: skip
+                          "training_time_s": round(trained, 6)})  # fmt: skip
         if bundle is not None:
             core = evaluated["core"]
             record["metrics"].update(core=core["core"], core_partial=core["core_partial"],
@@ -472,9 +584,52 @@ class Referee:
                                      core_tasks=core["per_task"])  # fmt: skip
             record["eval_bundle"].update(max_per_task=config.max_per_task or -1, evaluated_in="referee")
             self.events.write("core", self.step, core["core"] if core["core"] is not None else core["core_partial"])
-        record["eligibility"] = eligibility(config, record, bundle, dataset, self.budget_report(), left_behind)
         if self.wandb is not None:
             self.wandb.run_finished(record)
+
+    def evals_only(self, before: dict, bundle, signals: Signals) -> None:
+        """Resume a run whose training finished but whose evals did not (a signal, a killed eval process): the
+        referee evaluates the exported program again; the record keeps what the training session recorded."""
+        record, out = self.record, self.config.out
+        print(f"resuming {out}: training finished at step {before['steps_completed']}; evaluating the exported "
+              f"model again", flush=True)  # fmt: skip
+        self.evals_only_resume = True
+        kept = (
+            "plan",
+            "run",
+            "data",
+            "tokenizer",
+            "training_time_s",
+            "training_time_observed_s",
+            "worker_phases",
+            "steps_completed",
+            "loss_curve",
+            "warmup",
+            "budgets",
+            "watch",
+            "imported",
+            "memory",
+            "harness",
+        )
+        record.update({key: before[key] for key in kept if key in before})
+        record["evals"] = [e for e in before["evals"] if e.get("rows") != "validation"]
+        record["metrics"].update({k: v for k, v in before["metrics"].items() if not k.startswith(("core", "val"))})
+        record["program"] = {"path": before["program"]["path"], "sha256": before["program"]["sha256"]}
+        self.step = before["steps_completed"]
+        self.enter("setup")
+        dataset = prepare_dataset(record["data"]["dataset"], train_shards(self.config, record["data"]["dataset"]),
+                                  data_dir=self.config.data_dir)  # fmt: skip
+        tokenizer = Tokenizer.load(out / "tokenizer.json")
+        if tokenizer.digest != record["tokenizer"]["digest"]:
+            raise RunFailed(f"{out / 'tokenizer.json'} is not the tokenizer the run trained with; it changed on disk")
+        if bundle is not None:
+            record["eval_bundle"] = {"path": str(bundle.root), "digest": bundle.digest,
+                                     "missing_labels": list(bundle.missing_labels)}  # fmt: skip
+        self.enter("eval")
+        signals.deferring = True
+        program = Path(record["program"]["path"])
+        evals = self.start_evals(program, record["program"]["sha256"], dataset, tokenizer, bundle)
+        self.record_evals(self.finish_evals(evals, program, signals), bundle)
 
     def observe(self, signals: Signals) -> None:
         """The submission's run_finished observers see a copy of the record, in a worker of their own, before the
@@ -508,6 +663,15 @@ class Referee:
             "warmup_steps": self.profile.warmup_steps,
             "eval_every": config.eval_every,
             "checkpoint_every": config.checkpoint_every,
+            "world_size": config.world_size,
+            # What a checkpoint records of the run, and a resume must match (checked before loading weights).
+            "identity": {
+                "argv": config.argv,
+                "source_digest": self.record["submission"]["source_digest"],
+                "seed": config.seed,
+                "depth": config.depth,
+                "world_size": config.world_size,
+            },  # fmt: skip
             **fields,
         }
 
@@ -563,6 +727,7 @@ class Referee:
             if self.progress is not None:
                 self.progress.close()
         self.probing = False
+        stopped_in = self.current  # for a worker that exits without a word: where it was
         self.enter("worker_exit")
         error = self.reports.get("error")
         if error is not None:
@@ -573,7 +738,7 @@ class Referee:
             raise WorkerEnded(error["status"], {"message": error["message"], "traceback": error.get("traceback", ""),
                                                 **details})  # fmt: skip
         if "done" not in self.reports:
-            raise WorkerEnded("failed", {"message": self.silent_exit(returncode), "traceback": ""})
+            raise WorkerEnded("failed", {"message": self.silent_exit(returncode, stopped_in), "traceback": ""})
         if signals.received:
             raise RunInterrupted(f"received {signals.received[0]}")
 
@@ -623,6 +788,7 @@ class Referee:
                               at=at)  # fmt: skip
         elif kind == "eval":
             self.record["evals"].append({"step": message["step"], "val_bpb": message["val_bpb"], "rows": "monitor"})
+            print(f"step {message['step']:>6} | val_bpb {message['val_bpb']:.4f} (held-out rows)", flush=True)
             trained_s = round(self.resumed_train_s + sum(self.step_seconds), 6)
             value = {"val_bpb": message["val_bpb"], "rows": "monitor", "training_time_s": trained_s}
             self.events.write("val_bpb", message["step"], value, at=at)
@@ -632,6 +798,7 @@ class Referee:
         elif kind == "resumed":
             self.step = int(message["step"])
             self.resumed_train_s = float(message["training_time_s"])
+            print(f"resuming from step {self.step} of {self.plan_report['plan']['num_steps']}", flush=True)
             self.carry_over(self.step)
             self.events.write("resumed", self.step, None, at=at)
         elif kind == "checkpoint":
@@ -647,11 +814,19 @@ class Referee:
         plan = self.reports["plan"]
         step_time = sum(self.step_seconds) / max(1, len(self.step_seconds))
         tokens_per_s = plan["plan"]["total_batch_tokens"] / max(step_time, 1e-9)
-        peak = profiles.peak_flops_of(self.record["fingerprint"])
-        mfu = plan["plan"]["flops_per_token"] * tokens_per_s / (peak * plan["run"]["world_size"]) if peak else None
         metrics = {k: v for k, v in message.items() if k not in ("kind", "step")}
         remaining = plan["plan"]["num_steps"] - self.step
-        return {**metrics, "tokens_per_s": tokens_per_s, "mfu": mfu, "eta_s": step_time * remaining}
+        trained = self.resumed_train_s + sum(self.step_seconds)
+        return {**metrics, "tokens_per_s": tokens_per_s, "mfu": self.mfu(tokens_per_s), "eta_s": step_time * remaining,
+                "step_ms": 1000 * step_time, "trained_s": trained}  # fmt: skip
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation of the fingerprinted GPUs (None on CPU or an unlisted GPU)."""
+        gpus = self.record["fingerprint"]["gpus"]
+        if not gpus or self.plan_report is None:
+            return None
+        plan, world = self.plan_report["plan"], self.plan_report["run"]["world_size"]
+        return flops.mfu(plan["flops_per_token"], tokens_per_s, gpus[0]["name"], num_gpus=world)
 
     def hung(self) -> str | None:
         """Why the worker counts as hung, or None: no message for longer than the limit of what it is doing."""
@@ -679,21 +854,20 @@ class Referee:
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
 
-    def silent_exit(self, returncode: int) -> str:
+    def silent_exit(self, returncode: int, phase: str) -> str:
         how = (
             f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with code {returncode}"
         )
         return (
-            f"the worker {how} in the {self.current} phase at step {self.step} without reporting why: a "
+            f"the worker {how} in the {phase} phase at step {self.step} without reporting why: a "
             f"submission must not end the process (sys.exit, os._exit) or crash the interpreter"
         )
 
     def carry_over(self, step: int) -> None:
         """A resumed run's record continues the curves of the record the referee wrote when the run stopped."""
-        previous = self.config.out / "record.json"
-        if not previous.is_file() or record_digest_problem(self.config.out) is not None:
+        before = previous_record(self.config.out)
+        if before is None:
             return
-        before = json.loads(previous.read_text())
         self.record["loss_curve"] = [point for point in before["loss_curve"] if point[0] < step]
         self.record["evals"] = [e for e in before["evals"] if e["step"] <= step and e.get("rows") != "validation"]
 
@@ -708,11 +882,15 @@ class Referee:
         """What the referee knows of training, however the run ended: the plan, the steps it saw completed, their
         times by both clocks, tokens and the loss curve. Called once, just before the record is written."""
         record, reports = self.record, self.reports
+        if self.evals_only_resume:  # an evals-only resume keeps the training session's figures as recorded
+            return
+        self.budget_report()
+        record["training_time_observed_s"] = round(self.resumed_train_s + self.phases.get("train", 0.0), 6)
         plan = self.plan_report
         if plan is None:
             return
         record["plan"] = {**plan["plan"], "grad_accum": plan["grad_accum"]}
-        record["run"] = {"seed": self.config.seed, "world_size": plan["run"]["world_size"],
+        record["run"] = {**(record["run"] or {}), "seed": self.config.seed, "world_size": plan["run"]["world_size"],
                          "dtype": plan["run"]["dtype"], "depth": plan["depth"],
                          "device": plan["run"]["device"].split(":")[0]}  # fmt: skip
         record["steps_completed"] = self.loop_start + len(self.step_seconds)
@@ -721,7 +899,6 @@ class Referee:
         record["training_time_s"] = (
             summary["training_time_s"] if summary else self.resumed_train_s + sum(self.step_seconds)
         )
-        record["training_time_observed_s"] = round(self.resumed_train_s + self.phases["train"], 6)
         if record["data"] is not None:
             record["data"]["tokens_consumed"] = record["plan"]["total_batch_tokens"] * record["steps_completed"]
         if self.step_seconds:
@@ -734,10 +911,7 @@ class Referee:
         if self.step_seconds:
             batch = record["plan"]["total_batch_tokens"]
             metrics["tokens_per_s"] = batch * len(self.step_seconds) / max(sum(self.step_seconds), 1e-9)
-            peak = profiles.peak_flops_of(record["fingerprint"])
-            if peak:
-                flops = record["plan"]["flops_per_token"] * metrics["tokens_per_s"]
-                metrics["mfu"] = flops / (peak * plan["run"]["world_size"])
+            metrics["mfu"] = self.mfu(metrics["tokens_per_s"])
 
     def record_summary(self) -> None:
         """What the worker reported at the end of training: its totals, its proof of data, what it imported."""
@@ -745,6 +919,8 @@ class Referee:
         record["worker_phases"] = {k: round(v, 6) for k, v in sorted(self.worker_phases.items())}
         record["data"]["stream_digest"] = summary["stream_digest"]
         record["metrics"]["peak_memory_gb"] = summary["peak_memory_gb"]
+        record["run"] = {**(record["run"] or {}), "attention_backend": summary["attention_backend"],
+                         "compiled": summary["compiled"]}  # fmt: skip
         record["imported"] = summary["imported"]
         # Provenance of what actually ran: the harness, evals, baselines and every repository file the worker
         # imported; uncommitted changes make the run ineligible and their text is kept in the record.
@@ -761,7 +937,9 @@ class Referee:
         """The worker's clock against the referee's, phase by phase."""
         share, floor = CLOCK_TOLERANCE
         # A resumed worker's clock starts from the checkpoint's training time; the referee saw this session only.
-        reported = {**self.worker_phases, "train": self.reports["summary"]["training_time_s"] - self.resumed_train_s}
+        # Rank 0's own clock, the one the referee watches (the record's training_time_s is the slowest rank's, whose
+        # timed steps also hold its waits for rank 0 at the collectives).
+        reported = {**self.worker_phases, "train": self.worker_phases.get("train", 0.0) - self.resumed_train_s}
         problems = []
         for name, worker_s in sorted(reported.items()):
             seen = self.phases.get(name, 0.0)
@@ -769,6 +947,13 @@ class Referee:
             if abs(worker_s - seen) > tolerance:
                 problems.append(f"the worker reported {name} {worker_s:.1f} s but the referee observed {seen:.1f} s "
                                 f"(tolerance {tolerance:.1f} s): the worker's clock was tampered with")  # fmt: skip
+        # The run's training time is the slowest rank's: never below rank 0's, and rank 0's alone on one rank.
+        total, own = self.reports["summary"]["training_time_s"], self.worker_phases.get("train", 0.0)
+        tolerance = max(share * own, floor)
+        alone = self.reports["plan"]["run"]["world_size"] == 1
+        if total < own - tolerance or (alone and total > own + tolerance):
+            problems.append(f"the worker reported train {total:.1f} s as the run's training time but its own steps "
+                            f"add up to {own:.1f} s: the worker's clock was tampered with")  # fmt: skip
         return problems
 
     def warmup_problems(self) -> list[str]:
@@ -809,10 +994,12 @@ class Referee:
         if bundle is not None:
             args += ["--bundle", str(bundle.root), "--bundle-digest", bundle.digest]
             args += ["--max-per-task", str(config.max_per_task)] if config.max_per_task else []
-        # A fresh bytecode cache: the eval process compiles what it imports from source, never a .pyc the worker
-        # could have planted.
-        self.pycache = tempfile.TemporaryDirectory(prefix="speedrun-pycache-")
-        return subprocess.Popen(isolated_command(args, Path(self.pycache.name)), stderr=subprocess.PIPE, text=True)
+        # A bytecode cache of the eval process's own, not the __pycache__ folders beside the sources: the file
+        # watch covers it (changed_since), so a .pyc planted there during the run fails the run.
+        self.eval_stderr = out / "evals" / "stderr.txt"  # a file, not a pipe: a chatty eval never blocks on it
+        self.eval_stderr.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.eval_stderr, "w") as stderr:
+            return subprocess.Popen(isolated_command(args, eval_pycache()), stderr=stderr)
 
     def finish_evals(self, proc: subprocess.Popen, program: Path, signals: Signals) -> dict:
         signals.deferring = True
@@ -826,9 +1013,7 @@ class Referee:
                 time.sleep(0.1)
         finally:
             signals.deferring = False
-            self.pycache.cleanup()
-        stderr = proc.stderr.read()
-        proc.stderr.close()
+        stderr = self.eval_stderr.read_text(errors="replace")
         sys.stderr.write(stderr)
         if proc.returncode != 0:
             how = (f"was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
@@ -836,6 +1021,14 @@ class Referee:
             raise RunFailed(f"the referee's eval process {how}: {stderr.strip()[-2000:] or 'no message'}. The "
                             f"exported model is kept in {program.parent}")  # fmt: skip
         return json.loads(self.eval_result.read_text())
+
+
+def previous_record(out: Path) -> dict | None:
+    """The last record the referee wrote in ``out`` (checked against events.jsonl), or None."""
+    records = record_files(out)
+    if not records or record_digest_problem(out, records[-1].name) is not None:
+        return None
+    return json.loads(records[-1].read_text())
 
 
 def _signal_group(proc: subprocess.Popen, signum: int) -> None:
@@ -857,38 +1050,6 @@ def monitor_rows(val_file: Path, tokenizer, profile: profiles.Profile) -> torch.
     wanted = (profile.val_tokens + profile.monitor_tokens) // profile.seq_len
     rows = validation_rows(val_file, tokenizer, wanted * profile.seq_len, profile.seq_len, exact=False)
     return rows[first:] if len(rows) > first else None
-
-
-def eligibility(config: Config, record: dict, bundle, dataset, budgets: dict, left_behind: list[int]) -> dict:
-    """Why this run could not set a record; empty reasons mean eligible."""
-    profile = config.profile
-    reasons = []
-    if not profile.record_eligible:
-        reasons.append(f"profile {profile.name!r} is not the record profile (8xh100)")
-    reasons += profiles.calibration_shortfalls(profile, record["calibration"]) if profile.record_eligible else []
-    if config.resume:
-        reasons.append("resumed from a checkpoint")
-    if config.max_steps and config.max_steps != profile.max_steps:
-        reasons.append(f"--max-steps {config.max_steps} caps the planned training")
-    if not config.core or bundle is None:
-        reasons.append("CORE not evaluated (--no-core)")
-    elif bundle.missing_labels:
-        reasons.append(f"eval bundle is partial (missing {', '.join(bundle.missing_labels)})")
-    if config.max_per_task is not None:
-        reasons.append("CORE evaluated on a per-task cap, not on every record")
-    reasons += dataset.not_eligible
-    if record["harness"]["dirty"]:
-        changed = record["harness"].get("changed") or []
-        reasons.append(
-            f"uncommitted changes in {', '.join(changed[:5])}" if changed else "the harness has uncommitted changes"
-        )
-    for name, used in budgets.items():
-        if used["seconds"] > used["budget"]:
-            reasons.append(f"untimed phase {name} took {used['seconds']:.1f} s, over its budget of "
-                           f"{used['budget']:.1f} s")  # fmt: skip
-    if left_behind:
-        reasons.append(f"the worker left {len(left_behind)} processes running after it exited (ended by the referee)")
-    return {"eligible": not reasons, "reasons": reasons}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
     tok.save(path); Tokenizer.load(path)             # a small JSON file; tok.digest identifies it
 
 The vocabulary is 256 byte tokens, then the learned merges, then the special tokens at the end (the
-first special token is ``<|bos|>``), as in the reference (nanochat-recipe.md, Tokenizer).
+first special token is ``<|bos|>``), as in the reference (docs/spec/reference-recipe.md, Tokenizer).
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import tiktoken
 import torch
 
-# GPT-4's split pattern with numbers split into groups of at most two digits (nanochat-recipe.md).
+from harness.fileio import atomic_write_json, atomic_write_text, cache_dir, file_lock
+
+# GPT-4's split pattern with numbers split into groups of at most two digits (docs/spec/reference-recipe.md, Tokenizer).
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
@@ -95,7 +98,6 @@ class Tokenizer:
         return hashlib.sha256(payload).hexdigest()
 
     def save(self, path: str | Path) -> None:
-        from harness.fileio import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_json()))
 
@@ -127,7 +129,7 @@ def train_tokenizer(texts: Iterator[str] | Iterable[str], vocab_size: int) -> To
 
     Deterministic: the same texts in the same order give the same merges.
     """
-    import rustbpe
+    import rustbpe  # imported when training: loading a tokenizer (every run, every eval) does not need it
 
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"vocab_size={vocab_size} is too small: need at least {256 + len(SPECIAL_TOKENS) + 1}")
@@ -147,10 +149,6 @@ def train_tokenizer_cached(
     beside a ``.meta.json`` with the readable key. ``texts`` is only called on a miss. Processes that call this
     at once (one per rank) serialise on a file lock, so only the first one trains.
     """
-    from importlib.metadata import version
-
-    from harness.fileio import atomic_write_json, cache_dir, file_lock
-
     full_key = {
         **key,
         "vocab_size": vocab_size,

@@ -22,28 +22,46 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 import traceback
-from datetime import timedelta
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
-from torch.nn.parallel import DistributedDataParallel
 
 from evals.bpb import evaluate_bpb
 from harness import checkpoint
 from harness.channel import Link
 from harness.clock import Clock
+from harness.device import (
+    TRAIN_TIMEOUT,
+    cpu_copy,
+    freeze_gc,
+    init_process_group,
+    rng_state,
+    set_collective_timeout,
+    set_rng_state,
+    thaw_gc,
+)
 from harness.export import ExportError, export_model
-from harness.fileio import sha256_file
-from harness.guard import RunInterrupted, StopSignal, call_hook, hook_file
+from harness.fileio import check_free_space, sha256_file
 from harness.hookspecs import Plan, Run
 from harness.loader import TrainLoader
-from harness.plugins import Submission, SubmissionError, load_submission
+from harness.memory import check_fits
+from harness.plugins import (
+    RunInterrupted,
+    Submission,
+    SubmissionError,
+    call_hook,
+    hook_file,
+    implementing_file,
+    load_submission,
+)
+from harness.profiles import PROFILES
+from harness.sharding import Sharding
 from harness.tokenizer import Tokenizer
-
-SETUP_TIMEOUT = timedelta(minutes=60)  # rank 0's referee may train a tokenizer while the other ranks wait
 
 
 class RunDiverged(Exception):
@@ -89,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     config = broadcast(json.loads(args.config.read_text()) if place.master else None, place.world_size)
     out = Path(config["out"])
 
-    submission = model = optimizer = loader = None
+    submission = model = sharding = loader = None
     step = 0
     try:
         with clock.phase("load"):
@@ -98,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         run = make_run(config, place)
         if args.probe:
             link.send("dataset", selected=call_hook(submission, "select_dataset", run=run))
+            if args.device_type == "cuda":  # a plan that cannot fit fails now, before any data work
+                fit = check_fits(submission, PROFILES[run.profile], depth=run.depth, world_size=config["world_size"])
+                link.send("memory", allocated=fit.allocated, required=fit.required, capacity=fit.capacity)
             link.send("done")
             return 0
         if args.observe:  # a copy of the record: the referee writes the real one after this process has ended
@@ -117,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             schedule = call_hook(submission, "build_schedule", optimizer=optimizer, plan=plan, run=run)
             accum = check_outputs(submission, model, plan, optimizer, schedule, run)
+            preflight(submission, model, run)
+            if place.master:  # the exported model, and with --checkpoint-every two training states, must fit
+                copies = 3 if config["checkpoint_every"] else 1
+                check_free_space(out, copies * checkpoint_bytes(model))
             if place.master:  # exportable now, not after an hour of training (a copy: tracing may touch state)
                 check_exportable(submission, copy.deepcopy(model), run)
             loader = TrainLoader(
@@ -131,16 +156,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             monitor = load_monitor_rows(config)
             token_bytes = tokenizer.token_bytes().to(place.device)
-            trained = DistributedDataParallel(model) if place.world_size > 1 else model
+            # The harness owns the collectives: gradients reduce-scattered, the optimizer stepping its share.
+            sharding = Sharding(model, optimizer, place.world_size, place.rank)
+        if place.world_size > 1:
+            set_collective_timeout(TRAIN_TIMEOUT)  # setup is over: a rank that stops answering now is an error
         depth = getattr(getattr(model, "dims", None), "depth", run.depth)
         link.send("plan", plan=dataclasses.asdict(plan), grad_accum=accum, run=dataclasses.asdict(run), depth=depth)
 
         def one_step(step: int) -> tuple[torch.Tensor, dict]:
+            sharding.zero_grad()
             batches = (next(loader) for _ in range(accum))
-            loss = call_hook(submission, "train_step", model=trained, batches=batches, plan=plan, run=run)
+            loss = call_hook(submission, "train_step", model=model, batches=batches, plan=plan, run=run)
             settings = schedule(step)
-            optimizer.step()
-            model.zero_grad(set_to_none=True)
+            sharding.step()
             return loss, settings
 
         def evaluate_monitor(at_step: int) -> None:
@@ -148,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                 return
             with clock.phase("eval_bpb", step=at_step):
                 model.eval()
-                bpb = evaluate_bpb(model, monitor, token_bytes, plan.device_batch, str(place.device))
+                try:
+                    bpb = evaluate_bpb(model, monitor, token_bytes, plan.device_batch, str(place.device))
+                except Exception as exc:  # noqa: BLE001 - the model's forward failed: say whose, where, on what
+                    where = implementing_file(submission, exc.__traceback__)
+                    raise SubmissionError(
+                        f"{where}: the model failed in the in-training val_bpb at step {at_step} on inputs of shape "
+                        f"({plan.device_batch}, {monitor.shape[1] - 1}): {type(exc).__name__}: {exc}"
+                    ) from exc
                 model.train()
             link.send("eval", step=at_step, val_bpb=bpb)
             submission.hook.log_metrics(step=at_step - 1, metrics={"val_bpb": bpb}, run=run)
@@ -156,24 +191,26 @@ def main(argv: list[str] | None = None) -> int:
         # ---- untimed warm-up on real batches (compilation, allocator), then the initial state restored exactly;
         # a resumed run instead restores its last checkpoint (and is never record-eligible)
         if config["resume"]:
-            step = resume(out, place.rank, model, optimizer, loader, clock, link)
+            step = resume(out, place, model, sharding, loader, clock, link, identity(config, plan))
         else:
             with clock.phase("warmup", steps=config["warmup_steps"]):
-                initial = {
-                    "model": to_cpu(model.state_dict()),
-                    "optimizer": to_cpu(optimizer.state_dict()),
+                initial = {  # in host memory: a GPU copy would hold a second model for the whole run
+                    "model": cpu_copy(model.state_dict()),
+                    "optimizer": cpu_copy(optimizer.state_dict()),
                     "loader": loader.state_dict(),
-                    "rng": torch.get_rng_state(),
+                    "rng": rng_state(place.device),
                 }
                 before = state_digest([initial["model"], initial["optimizer"]])
                 first_loss = None
                 for warm in range(min(config["warmup_steps"], plan.num_steps)):
                     loss, _ = one_step(warm)
+                    if warm == 0:
+                        check_first_loss(submission, loss)
                     first_loss = mean_over_ranks(loss.item(), place) if warm == 0 else first_loss
                 model.load_state_dict(initial["model"])
                 optimizer.load_state_dict(initial["optimizer"])
                 loader.load_state_dict(initial["loader"])
-                torch.set_rng_state(initial["rng"])
+                set_rng_state(initial["rng"], place.device)
                 if state_digest([model.state_dict(), optimizer.state_dict()]) != before:
                     raise RuntimeError(
                         "the model or optimizer state after warm-up differs from the initial state; "
@@ -185,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         # A stop signal takes effect at the next step boundary, the same one on every rank.
         last_finite = None
         link.send("loop_start", step=step, num_steps=plan.num_steps)
+        freeze_gc()  # the reference measured ~500 ms collector pauses; everything built so far is long-lived
         with stop.deferred():
             while step < plan.num_steps:
                 with clock.timed_step(step):
@@ -202,20 +240,22 @@ def main(argv: list[str] | None = None) -> int:
                 if config["eval_every"] and step % config["eval_every"] == 0 and step < plan.num_steps:
                     evaluate_monitor(step)
                 if config["checkpoint_every"] and step % config["checkpoint_every"] == 0 and step < plan.num_steps:
-                    save_checkpoint(clock, out, step, model, optimizer, loader, place, link)
+                    save_checkpoint(clock, out, step, model, sharding, loader, place, link, identity(config, plan))
                 with clock.untimed("log"):
                     stop.raise_if_stopping(lambda flag: max_over_ranks(float(flag), place) > 0)
+        thaw_gc()
         link.send("loop_stop", step=step)
 
         # ---- what training did, agreed over ranks: the slowest rank's time counts; one proof of data for all
+        cuda = place.device.type == "cuda"
         summary = {
             "training_time_s": max_over_ranks(clock.training_time_s, place),
             "train_steps": clock.train_steps,
             "steps_completed": step,
             "stream_digest": combined_stream_digest(loader.stream_digest, place),
-            "peak_memory_gb": torch.cuda.max_memory_allocated(place.device) / 1e9
-            if place.device.type == "cuda"
-            else None,
+            "peak_memory_gb": torch.cuda.max_memory_allocated(place.device) / 1e9 if cuda else None,
+            "attention_backend": getattr(model, "attention_backend", None),
+            "compiled": getattr(model, "use_compile", None),
         }
         evaluate_monitor(plan.num_steps)
 
@@ -233,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                   last_finite_loss=exc.last_finite)  # fmt: skip
     except (RunInterrupted, KeyboardInterrupt) as exc:
         saved = None
-        if optimizer is not None and step > 0 and (place.world_size == 1 or getattr(exc, "agreed", False)):
+        if sharding is not None and step > 0 and (place.world_size == 1 or getattr(exc, "agreed", False)):
             # With several ranks only an agreed stop (every rank at the same boundary) can save one checkpoint.
-            saved = save_checkpoint(clock, out, step, model, optimizer, loader, place, link)
+            saved = save_checkpoint(clock, out, step, model, sharding, loader, place, link, identity(config, plan))
         link.send("error", status="interrupted", message=f"{type(exc).__name__}: {exc}", traceback="",
                   checkpoint=str(saved) if saved else None, step=step)  # fmt: skip
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a hook too: every ending is reported
@@ -243,12 +283,66 @@ def main(argv: list[str] | None = None) -> int:
         link.send("error", status="failed", message=message or type(exc).__name__, traceback=traceback.format_exc(),
                   step=step)  # fmt: skip
     finally:
+        thaw_gc()
         stop.uninstall()
         link.send("phases", phases=dict(clock.phases))
         link.close()
         if place.world_size > 1 and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
     return 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Stop signals
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into RunInterrupted: at once outside training, at a step boundary inside it.
+
+    While ``deferred()`` is active (the training loop), a signal is only noted; the loop calls ``raise_if_stopping``
+    after each step is complete and recorded, and with several ranks all of them agree on the answer, so they
+    stop at the same step and can save one checkpoint together.
+    """
+
+    def __init__(self):
+        self.received: str | None = None
+        self.deferring = False
+
+    def install(self) -> StopSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        if not self.deferring:
+            raise RunInterrupted(f"received {self.received}")
+
+    @contextmanager
+    def deferred(self):
+        """Note signals instead of raising them, so a step and its bookkeeping are never cut in half."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
+    def raise_if_stopping(self, agree) -> None:
+        """At a step boundary: raise RunInterrupted (agreed) when any rank received a signal.
+
+        ``agree(flag) -> bool`` combines this rank's flag with every other rank's (any of them); every rank must
+        call this at the same boundary.
+        """
+        if agree(self.received is not None):
+            why = f"received {self.received}" if self.received else "another rank received a stop signal"
+            exc = RunInterrupted(why)
+            exc.agreed = True
+            raise exc
+
+    @staticmethod
+    def uninstall() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,9 +367,7 @@ def init_distributed(device_type: str) -> Place:
         threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // local_world)
         torch.set_num_threads(threads)
     if world_size > 1 and not torch_dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        torch_dist.init_process_group(backend, timeout=SETUP_TIMEOUT, **kwargs)
+        init_process_group(device)  # a long timeout: rank 0's referee may train a tokenizer while the others wait
     return Place(rank, local_rank, world_size, device)
 
 
@@ -389,6 +481,56 @@ def check_outputs(submission: Submission, model, plan, optimizer, schedule, run:
     return accum
 
 
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About what one checkpoint takes: the weights and two optimizer moments, plus room for the rest."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 3 * weights + (64 << 20)
+
+
+def preflight(submission: Submission, model: torch.nn.Module, run: Run) -> None:
+    """The contract's eval call before any training: ``model(inputs)`` gives float32 (B, T, V) logits on run.device,
+    at a short length and at run.seq_len. (``model(inputs, targets)`` is checked by the first warm-up step, where
+    a compiled model compiles it anyway.)"""
+    where = hook_file(submission, "build_model")
+    ids = torch.Generator().manual_seed(0)  # its own generator: the run's seeded RNG is not touched
+    for length in (8, run.seq_len):
+        inputs = torch.randint(0, run.vocab_size, (2, length), generator=ids).to(run.device)
+        call = f"model(inputs) with inputs of shape (2, {length})"
+        try:
+            with torch.no_grad():
+                logits = model(inputs)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported with the call
+            raise SubmissionError(f"{where}: build_model's model fails the contract: {call} raised "
+                                  f"{type(exc).__name__}: {exc}. Fix the model's forward.") from exc  # fmt: skip
+        expected = (2, length, run.vocab_size)
+        problems = []
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+            problems.append(f"model(inputs) returned {_describe(logits)}, not logits of shape {expected}")
+        elif logits.dtype != torch.float32 or logits.device != torch.device(run.device):
+            problems.append(f"model(inputs) returned {logits.dtype} logits on {logits.device}, not float32 on "
+                            f"{run.device}")  # fmt: skip
+        if problems:
+            raise SubmissionError(f"{where}: build_model's model fails the contract at length {length}: "
+                                  f"{'; '.join(problems)} (harness/hookspecs.py, build_model)")  # fmt: skip
+
+
+def check_first_loss(submission: Submission, loss) -> None:
+    """The first step's loss, before anything is timed: a finite scalar tensor, as train_step's contract says."""
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise SubmissionError(f"{hook_file(submission, 'train_step')}: train_step returned {_describe(loss)}, not the "
+                              f"mean loss as a scalar tensor (harness/hookspecs.py, train_step)")  # fmt: skip
+    if not torch.isfinite(loss):
+        where = hook_file(submission, "build_model")
+        raise SubmissionError(f"{where}: the very first loss is {loss.item()}: the model's forward or its "
+                              f"initialisation is broken (a parameter left uninitialised?)")  # fmt: skip
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}" + ("" if value.dim() else f" ({value.item()})")
+    return f"a {type(value).__name__}"
+
+
 def check_exportable(submission: Submission, model: torch.nn.Module, run: Run) -> None:
     """The model must export (torch.export) for the evals; a model that cannot fails here, before training."""
     try:
@@ -431,62 +573,53 @@ def state_digest(obj) -> str:
     return digest.hexdigest()
 
 
-def to_cpu(state):
-    """A deep copy of nested state with every tensor on the CPU (the warm-up's initial state must not hold a
-    second copy of the model in GPU memory)."""
-    if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu", copy=True)
-    if isinstance(state, dict):
-        return {k: to_cpu(v) for k, v in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(to_cpu(v) for v in state)
-    return copy.deepcopy(state)
-
-
 # ------------------------------------------------------------------------------------------------
 # Checkpoints and resume
 
 
-def save_checkpoint(clock, out, step, model, optimizer, loader, place: Place, link: Link) -> Path | None:
-    """A resumable checkpoint with every rank's loader position (every rank calls this); the two newest are kept.
+def identity(config: dict, plan: Plan) -> dict:
+    """What a checkpoint says of its run (the referee's identity, and the plan), for a resume to be checked."""
+    return {**config["identity"], "plan": dataclasses.asdict(plan)}
 
-    Returns its path on rank 0.
-    """
+
+def save_checkpoint(clock, out, step, model, sharding, loader, place: Place, link: Link, ident: dict) -> Path | None:
+    """A resumable checkpoint with every rank's loader position and RNG (every rank calls this: the optimizer's
+    shards and the positions are gathered); the two newest are kept. Returns its path on rank 0."""
     with clock.phase("checkpoint", step=step):
-        loaders = [None] * place.world_size
+        optimizer_state = sharding.optimizer_state_dict()  # a collective: the whole state on rank 0
+        loaders, rngs = [None] * place.world_size, [None] * place.world_size
         if place.world_size > 1:
             torch_dist.all_gather_object(loaders, loader.state_dict())
+            torch_dist.all_gather_object(rngs, rng_state(place.device))
         else:
-            loaders = [loader.state_dict()]
+            loaders, rngs = [loader.state_dict()], [rng_state(place.device)]
         if not place.master:
             return None
         state = {
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "loader": loaders,
             "training_time_s": clock.training_time_s,
             "train_steps": clock.train_steps,
-            "rng": torch.get_rng_state(),
+            "rng": rngs,
         }
-        path = checkpoint.save_training_state(out, step, state, keep=2)
+        path = checkpoint.save_training_state(out, step, state, ident, keep=2)
     link.send("checkpoint", step=step, path=str(path))
     return path
 
 
-def resume(out: Path, rank: int, model, optimizer, loader, clock: Clock, link: Link) -> int:
-    found = checkpoint.latest_training_state(out)
-    if found is None:
-        raise FileNotFoundError(
-            f"--resume: no intact checkpoint under {out / checkpoint.CHECKPOINTS_DIR}; start a new run instead"
-        )
-    step, saved = found
+def resume(out: Path, place: Place, model, sharding, loader, clock: Clock, link: Link, ident: dict) -> int:
+    meta = checkpoint.latest_meta(out)
+    differ = [f"{key}: the checkpoint has {meta.get(key)!r}, this run {value!r}" for key, value in ident.items()
+              if key != "argv" and meta.get(key) != value]  # fmt: skip
+    if differ:  # before any weight is loaded: another submission, seed, depth or plan would train another run
+        raise RuntimeError(f"--resume: the checkpoint at step {meta['step']} belongs to another run: "
+                           f"{'; '.join(differ)}. Resume with the submission and arguments that wrote it.")  # fmt: skip
+    step, saved = checkpoint.latest_training_state(out)
     model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if len(saved["loader"]) <= rank:
-        ranks = len(saved["loader"])
-        raise ValueError(f"the checkpoint at step {step} was written by {ranks} ranks; resume with as many")
-    loader.load_state_dict(saved["loader"][rank])
-    torch.set_rng_state(saved["rng"])
+    sharding.load_optimizer_state_dict(saved["optimizer"])
+    loader.load_state_dict(saved["loader"][place.rank])
+    set_rng_state(saved["rng"][place.rank], place.device)
     clock.phases["train"] = saved["training_time_s"]
     clock.train_steps = saved["train_steps"]
     link.send("resumed", step=step, training_time_s=saved["training_time_s"])

@@ -1,7 +1,8 @@
 """The GPT-2 speedrun leaderboard: stored runs, the statistics engine, and the generated tables and page.
 
-    python -m leaderboard add RUN_DIR...     # validate and file runs (leaderboard/store.py)
+    python -m leaderboard add RUN_DIR...     # check and file runs (store.py, evidence.py, pins.py)
+    python -m leaderboard verify ENTRY       # re-run an entry's runs and compare (verify.py, harness.replay)
     python -m leaderboard render             # regenerate README.md, dev/README.md, stats.md, index.html
 
-``leaderboard.stats`` is the only place statistics are computed; see leaderboard/README.md for the rule.
+``harness.stats`` is the only place statistics are computed; see leaderboard/README.md for the rule.
 """

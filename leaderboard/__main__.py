@@ -1,10 +1,14 @@
 """Command line of the leaderboard.
 
     python -m leaderboard add RUN_DIR... [--name N] [--description D] [--contributors "a, b"] [--track dev]
+    python -m leaderboard verify ENTRY [--runs K | --seed S ...] [--keep DIR]
     python -m leaderboard render
 
 ``add`` validates the runs (one directory per seed, as the harness wrote them) and files them as one entry,
 then regenerates the board; a refused set prints every failed check of every run and exits with status 1.
+``verify`` re-runs K of an entry's runs on this machine from the sources embedded in their records
+(leaderboard/verify.py), records the outcome in the entry's verification.json and regenerates the board; it
+exits with status 1, naming every difference, when a replay does not reproduce its record.
 ``render`` regenerates README.md's table, dev/README.md, each entry's stats.md and index.html.
 """
 
@@ -15,8 +19,9 @@ import sys
 from pathlib import Path
 
 from harness.fileio import file_lock
-from leaderboard.render import render
+from leaderboard.build import render
 from leaderboard.store import PACKAGE_DIR, TRACKS, LeaderboardError, RejectedRuns, add_entry
+from leaderboard.verify import main as verify_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--description", help="one line for the table (default: the writeup's first line)")
     add.add_argument("--contributors", default="", help="comma-separated names")
     add.add_argument("--writeup", type=Path, help="markdown writeup (default: the submission's README.md)")
+    verify = sub.add_parser("verify", help="re-run an entry's runs here and compare them with their records")
+    verify.add_argument("entry", help="entry folder, folder name (2026-04-01_name) or name")
+    verify.add_argument("--runs", type=int, default=1, help="how many runs to re-run, chosen at random (default 1)")
+    verify.add_argument("--seed", type=int, action="append", default=[], help="re-run this seed's run (repeatable)")
+    verify.add_argument("--keep", type=Path, help="keep the replayed runs in this folder (default: a temporary one)")
     sub.add_parser("render", help="regenerate the tables, stats.md files and index.html")
     args = parser.parse_args(argv)
 
@@ -45,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                 writeup=args.writeup,
             )
             print(f"filed {len(entry.runs)} runs as {entry.path}")
+        status = 0
+        if args.command == "verify":
+            status = verify_main(args.root, args.entry, args.runs, args.seed, args.keep)
         with file_lock(args.root / ".add"):  # a concurrent add must not file an entry halfway through a render
             for path in render(args.root):
                 print(f"wrote {path}")
@@ -57,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # --root or a run path the file system refuses (a name too long, no permission)
         print(f"error: {e.filename}: {e.strerror}; check the paths given", file=sys.stderr)
         return 1
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ curves overlaid (against step or training time) and per-task CORE of B against A
 
 The page's markup, style and script live in ``templates/``; the charts are uPlot's, inlined by
 ``harness.webpage`` (which also makes the embedded JSON and the template filling injection-proof). This module
-fills in the tables (pandas, HTML-escaped) and the data computed by ``leaderboard.stats``; curves are read from
+fills in the tables (pandas, HTML-escaped) and the data computed by ``harness.stats``; curves are read from
 the runs' event logs by ``harness.curves``, as ``python -m harness.plot`` reads them.
 """
 
@@ -16,9 +16,9 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness import stats
 from harness.curves import run_curves, thin
 from harness.webpage import CHARTS_JS, UPLOT_CSS, UPLOT_JS, escape, fill, script_json
-from leaderboard import stats
 from leaderboard.render import Judged, dev_frame, finite, html_table, record_frame, rule_text
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -67,7 +67,7 @@ def _history(record: list[Judged], reference: dict) -> list[dict]:
         {"date": _unix(j.entry.meta["date"]), "time_h": j.assessment.time_h.mean, "label": f"#{j.number}",
          "kind": "record"}
         for j in record
-        if j.assessment.beats_record and j.assessment.time_h is not None
+        if j.holds_record and j.assessment.time_h is not None
     ]  # fmt: skip
     return [p for p in points if p["date"] is not None and math.isfinite(p["time_h"])]
 
@@ -75,7 +75,7 @@ def _history(record: list[Judged], reference: dict) -> list[dict]:
 def _defaults(record: list[Judged], dev: list[Judged]) -> dict:
     """The pair shown first: A the record in force (else the first entry), B the newest other entry."""
     ids = [f"record/{j.entry.path.name}" for j in record] + [f"dev/{j.entry.path.name}" for j in dev]
-    holders = [f"record/{j.entry.path.name}" for j in record if j.assessment.beats_record]
+    holders = [f"record/{j.entry.path.name}" for j in record if j.holds_record]
     a = holders[-1] if holders else (ids[0] if ids else None)
     others = [i for i in ids if i != a]
     newest_record = [i for i in others if i.startswith("record/")]

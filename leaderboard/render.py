@@ -2,12 +2,14 @@
 
     render()            # leaderboard/README.md table, dev/README.md table, each entry's stats.md, index.html
 
-Every number comes from ``leaderboard.stats`` applied to the runs under ``records/`` (and ``dev/records/``)
+Every number comes from ``harness.stats`` applied to the runs under ``records/`` (and ``dev/records/``)
 plus the reference rows in ``reference.json``; nothing is typed in by hand. Output is deterministic: no
 clock, no randomness, sorted keys, so the same records give byte-identical files (a test checks it).
 
 Entries are judged in filing order: each against the record in force when it was filed, so a later entry
-never changes an earlier verdict except to mark a record "former record" once it is beaten.
+never changes an earlier verdict except to mark a record "former record" once it is beaten. An entry that meets
+the acceptance rule becomes the record only once ``python -m leaderboard verify`` has reproduced it (until then
+it is "pending verification", and later entries are judged against the record before it).
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from harness.fileio import atomic_write_text
-from leaderboard import stats
-from leaderboard.store import PACKAGE_DIR, TRACK_DIRS, Entry, LeaderboardError, load_entries, record_track_checks
+from harness import referee, stats
+from leaderboard.store import PACKAGE_DIR, TRACK_DIRS, Entry, LeaderboardError, record_track_checks
 
 REFERENCE_PATH = PACKAGE_DIR / "reference.json"
 RECORD_COLUMNS = [
@@ -47,10 +48,11 @@ class Judged:
 
     entry: Entry
     number: int
-    assessment: stats.Assessment
+    assessment: referee.Assessment
     status: str
     against: Entry | None  # the record in force when it was filed (record track only)
     partial: bool = False  # CORE is core_partial (development board only)
+    holds_record: bool = False  # set a record: met the acceptance rule and was verified (record track only)
 
 
 def load_reference() -> dict:
@@ -77,19 +79,32 @@ def _times(entry: Entry) -> list[float | None]:
     return [finite(run.record.get("training_time_s")) for run in entry.runs]
 
 
+def verification_note(entry: Entry) -> str:
+    """What the board says of an entry's verification: "verified", "verification failed" or "" (none yet)."""
+    v = entry.verification
+    if v is None:
+        return ""
+    return "verified" if v.get("verified") is True else "verification failed"
+
+
 def judge_record_track(entries: list[Entry], target: float, first_number: int) -> list[Judged]:
     judged: list[Judged] = []
     record: Judged | None = None
     for i, entry in enumerate(entries):
         times = _times(entry)
         record_times = _times(record.entry) if record else None
-        a = stats.assess(times, _metric(entry, "core"), _metric(entry, "val_bpb"), target, record_times)
+        a = referee.assess(times, _metric(entry, "core"), _metric(entry, "val_bpb"), target, record_times)
         item = Judged(entry, first_number + i, a, a.verdict, record.entry if record else None)
-        if a.beats_record:
+        note = verification_note(entry)
+        if a.beats_record and note == "verified":
             if record is not None:
-                record.status = f"former record ({record.assessment.verdict})"
-            item.status = f"record ({a.verdict})"
+                record.status = f"former record ({record.assessment.verdict}; verified)"
+            item.status, item.holds_record = f"record ({a.verdict}; verified)", True
             record = item
+        elif a.beats_record:
+            item.status = f"{'verification failed' if note else 'pending verification'} ({a.verdict})"
+        elif note:
+            item.status = f"{a.verdict}; {note}"
         judged.append(item)
     return judged
 
@@ -101,9 +116,11 @@ def judge_dev_board(entries: list[Entry], target: float) -> list[Judged]:
         partial = any(c is None for c in cores)
         if partial:
             cores = _metric(entry, "core_partial")
-        a = stats.assess(_times(entry), cores, _metric(entry, "val_bpb"), target)
+        a = referee.assess(_times(entry), cores, _metric(entry, "val_bpb"), target)
         why = sorted({c.name for run in entry.runs for c in record_track_checks(run.record) if not c.passed})
         status = f"development ({', '.join(why)})" if why else "development (record-eligible runs filed here)"
+        note = verification_note(entry)
+        status += f"; {note}" if note else ""
         judged.append(Judged(entry, i + 1, a, status, None, partial))
     return judged
 
@@ -227,10 +244,11 @@ def replace_between(text: str, marker: str, content: str, path: Path) -> str:
 
 def rule_text(reference: dict) -> str:
     return (
-        f"In force (from `leaderboard/stats.py`): at least **{stats.MIN_RUNS}** runs with distinct seeds; "
+        f"In force (from `harness/referee.py`): at least **{referee.MIN_RUNS}** runs with distinct seeds; "
         f"mean CORE above **{reference['target']['core']}** by a one-sided one-sample t-test with "
-        f"**p < {stats.ALPHA}**; and, when a record exists, mean training time below it by Welch's one-sided "
-        f"t-test with **p < {stats.ALPHA}** and a speedup of at least **{stats.MIN_SPEEDUP}x**.\n"
+        f"**p < {referee.ALPHA}**; and, when a record exists, mean training time below it by Welch's one-sided "
+        f"t-test with **p < {referee.ALPHA}** and a speedup of at least **{referee.MIN_SPEEDUP}x**. An entry that "
+        "meets it becomes the record once `python -m leaderboard verify` has re-run its runs and reproduced them.\n"
     )
 
 
@@ -291,6 +309,7 @@ def stats_markdown(j: Judged, target: float) -> str:
         f"One-sided one-sample t-test, H1: mean CORE > {target}: t = {_num(a.core_t, 3)}, "
         f"df = {a.core.n - 1 if a.core and a.core.n > 1 else DASH}, p = {_pval(a.core_p)}.\n",
     ]
+    out += verification_markdown(e)
     if e.track == "record":
         out.append("## Time against the record in force when filed\n")
         c = a.vs_record
@@ -309,40 +328,28 @@ def stats_markdown(j: Judged, target: float) -> str:
     return "\n".join(out)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Everything
-
-
-def render(root: str | Path = PACKAGE_DIR) -> list[Path]:
-    """Regenerate every generated file under ``root``; returns the paths written."""
-    from leaderboard import page  # here: page imports this module
-
-    root = Path(root)
-    reference = load_reference()
-    target = reference["target"]["core"]
-    first_number = len(reference["rows"])
-    record = judge_record_track(load_entries(root, "record"), target, first_number)
-    dev = judge_dev_board(load_entries(root, "dev"), target)
-    written = []
-    for j in record + dev:
-        path = j.entry.path / "stats.md"
-        atomic_write_text(path, stats_markdown(j, target))
-        written.append(path)
-    readme = root / "README.md"
-    if not readme.exists():
-        raise LeaderboardError(f"{readme} is missing; restore it from git (it holds the table markers)")
-    text = readme.read_text(encoding="utf-8")
-    text = replace_between(text, "table", markdown(record_frame(record, reference)), readme)
-    text = replace_between(text, "rule", rule_text(reference), readme)
-    atomic_write_text(readme, text)
-    dev_readme = root / "dev" / "README.md"
-    if not dev_readme.exists():
-        raise LeaderboardError(f"{dev_readme} is missing; restore it from git (it holds the dev table markers)")
-    dev_text = replace_between(dev_readme.read_text(encoding="utf-8"), "dev", markdown(dev_frame(dev)), dev_readme)
-    atomic_write_text(dev_readme, dev_text)
-    index = root / "index.html"
-    atomic_write_text(index, page.build_page(record, dev, reference))
-    return [*written, readme, dev_readme, index]
+def verification_markdown(entry: Entry) -> list[str]:
+    """The entry's latest verification: every rule of every re-run, or how to verify it."""
+    v = entry.verification
+    out = ["## Verification\n"]
+    if v is None:
+        name = md(entry.path.name)
+        return [*out, f"Not verified yet: python -m leaderboard verify {name} re-runs its runs and compares.\n"]
+    done = ", ".join(md(r.get("seed")) for r in v.get("runs", []))
+    verdict = "reproduced its record" if v.get("verified") is True else "did not reproduce its record"
+    out.append(f"{md(v.get('date'))}: re-ran seed(s) {done}, which {verdict}.")
+    if v.get("stale"):
+        out.append(f"It no longer counts: {md(v['stale'])}.")
+    out.append("")
+    for run in v.get("runs", []):
+        rows = [{k: md(r.get(k)) for k in ("what", "recorded", "replayed", "rule")} | {"ok": "yes" if r.get("ok")
+                 else "NO"} for r in run.get("rows", [])]  # fmt: skip
+        out.append(f"### seed {md(run.get('seed'))}\n")
+        if run.get("problem"):
+            out.append(md(str(run["problem"]).splitlines()[0]) + "\n")
+        if rows:
+            out.append(markdown(pd.DataFrame(rows, columns=["what", "recorded", "replayed", "rule", "ok"])))
+    return out
 
 
 def html_table(df: pd.DataFrame, table_id: str) -> str:

@@ -1,26 +1,27 @@
-"""Two gloo processes under DDP follow the one-process loss curve at the same global batch.
+"""Two gloo processes with the harness's sharded optimizer follow the one-process loss curve at the same global
+batch.
 
 Run: python -m pytest tests/test_baseline_distributed.py
 
 The nanochat baseline's hooks (model, plan, Muon + AdamW, schedule) train for 8 steps of 8 sequences on a
 fixed random token stream: once in one process (8 micro-steps of 1 sequence) and once in two processes
-(4 micro-steps each, ``no_sync`` on all but the last, so DDP averages gradients once per step). The loop is
-``tinytrain.train``, not the harness's. Both runs see the same sequences per step; they differ only in the
-order of floating-point sums (DDP's all-reduce), which Muon's bf16 orthogonalisation can amplify to a
-rounding step of bf16 (2^-8 relative) in a few update entries. Measured: the curves agree to 9e-6 nats;
-the tolerance is 1e-3 nats per step, still well below the ~0.03-0.3 nat step-to-step changes of the loss.
+(4 micro-steps each; the harness's ``Sharding`` reduce-scatters the gradients once per step, each rank steps
+the parameters it owns, and the weights are all-gathered). The loop is ``tinytrain.train``, not the
+harness's. Both runs see the same sequences per step; they differ only in the order of floating-point sums,
+which Muon's bf16 orthogonalisation can amplify to a rounding step of bf16 (2^-8 relative) in a few update
+entries. The tolerance is 1e-3 nats per step, well below the ~0.03-0.3 nat step-to-step changes of the loss.
 """
 
 import dataclasses
 import os
 
+import helpers_tinytrain as tinytrain
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers_evals import free_port
 
 from baselines.nanochat import submission as baseline
-from baselines.nanochat import tinytrain
 from harness.hookspecs import Run
 
 TOLERANCE = 1e-3  # nats per step; see the module docstring
@@ -43,8 +44,8 @@ def train(rank: int, world_size: int, port: int, out: dict) -> None:
     if world_size > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
     run = dataclasses.replace(RUN, rank=rank, local_rank=rank, world_size=world_size)
-    # One sequence per micro-step (8 micro-steps on 1 rank, 4 on each of 2) so that no_sync is exercised;
-    # this changes the module constant in this spawned process only.
+    # One sequence per micro-step (8 micro-steps on 1 rank, 4 on each of 2) so that gradients accumulate
+    # before the reduction; this changes the module constant in this spawned process only.
     baseline.DEVICE_BATCH = 1
     torch.manual_seed(run.seed)
     losses = tinytrain.train(tinytrain.plugin_manager(baseline), run, token_stream())

@@ -34,7 +34,7 @@ from harness.compare import (
     plan_runs,
     transfer_verdict,
 )
-from leaderboard.stats import compare_samples
+from harness.stats import compare_samples
 
 REPO = Path(__file__).resolve().parents[1]
 CLIMBMIX = REPO / "submissions" / "climbmix"

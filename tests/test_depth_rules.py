@@ -1,4 +1,4 @@
-"""The depth dial against the reference's published numbers (nanochat-recipe.md).
+"""The depth dial against the reference's published numbers (docs/spec/reference-recipe.md).
 
 Run: python -m pytest tests/test_depth_rules.py
 """
@@ -113,7 +113,7 @@ def test_peak_flops_table_and_mfu():
     assert flops.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert flops.peak_flops("NVIDIA B200") == 2.25e15
     assert flops.peak_flops("cpu") is None
-    # The record: 0.98M tokens/s on 8 H100s at d24 is "about 59% MFU" (nanochat-recipe.md).
+    # The record: 0.98M tokens/s on 8 H100s at d24 is "about 59% MFU" (docs/spec/reference-recipe.md, Speed and MFU).
     fpt = depth.flops_per_token(depth.model_dims(24, VOCAB), 2048)
     assert flops.mfu(fpt, 0.98e6, "NVIDIA H100 80GB HBM3", num_gpus=8) == pytest.approx(0.59, abs=0.01)
     assert torch.isfinite(torch.tensor(fpt))

@@ -108,7 +108,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_matches_the
     resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=harness_env, capture_output=True, text=True,
                              timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    record = json.loads((out / "record.json").read_text())
+    record = json.loads((out / "record.resume-1.json").read_text())  # beside the interrupted record.json
     reference = json.loads((two / "record.json").read_text())
     assert record["status"] == "finished" and record["steps_completed"] == 8
     assert record["data"]["stream_digest"] == reference["data"]["stream_digest"]  # the same batches on each rank

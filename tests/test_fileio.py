@@ -14,11 +14,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from helpers_leaderboard import new_board, sample_record, write_run
 
 from harness.fileio import atomic_write_json, atomic_write_text, strict_json, temp_dir
 from harness.tokenizer import Tokenizer, train_tokenizer
-from leaderboard.render import render
-from leaderboard.samples import new_board, sample_record, write_run
+from leaderboard.build import render
 from leaderboard.store import add_entry
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers_evals import BUNDLE
+from helpers_leaderboard import new_board, sample_record, write_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,7 +44,6 @@ from harness.run import parse_args
 from harness.tokenizer import Tokenizer
 from leaderboard import __main__ as leaderboard_cli
 from leaderboard import store
-from leaderboard.samples import new_board, sample_record, write_run
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,12 +6,12 @@ Run: python -m pytest tests/test_gpt2_baseline.py
 import dataclasses
 import math
 
+import helpers_tinytrain as tinytrain
 import pytest
 import torch
 
 from baselines.gpt2.model import GPT2
 from baselines.gpt2.submission import lr_multiplier
-from baselines.nanochat import tinytrain
 from harness.hookspecs import Run
 from harness.plugins import load_submission
 

@@ -13,7 +13,7 @@ import pytest
 
 # module -> the end of its description's last sentence, as a user reads it in --help (whitespace reflowed)
 ENDINGS = {
-    "harness.compare": "computed by the leaderboard's statistics module (``leaderboard/stats.py``).",
+    "harness.compare": "computed by the statistics module (``harness/stats.py``).",
     "harness.ci": 'Answers "did this change make the speedrun slower?" in minutes.',
     "harness.plot": "overlaid across runs, with the learning-rate multiplier where the runs logged it.",
 }

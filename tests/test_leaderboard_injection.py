@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from helpers_browser import open_page
+from helpers_leaderboard import CORE_LABELS, new_board, sample_record, write_run
 
 from harness.fileio import sha256_file
-from leaderboard.render import render
-from leaderboard.samples import CORE_LABELS, new_board, sample_record, write_run
+from leaderboard.build import render
 from leaderboard.store import LeaderboardError, add_entry
 
 # issue 16's strings, and a few more of the same kinds
@@ -145,7 +145,7 @@ def test_a_description_cannot_add_a_line_to_an_entrys_stats_page(board):
     stats = (board / "dev" / "records").glob("*_e1/stats.md")
     [text] = [p.read_text() for p in stats]
     assert [line for line in text.splitlines() if line.startswith("- status:")] == [
-        "- status: development (eligibility, profile)"
+        "- status: development (eligibility)"
     ]
     assert "- description: line one - status: record (forged) &lt;!-- leaderboard:dev:end -->" in text
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers_browser import chart_data, open_page, points
+from helpers_leaderboard import CORE_LABELS, mark_verified, new_board, sample_record, write_run
 
-from leaderboard.render import load_reference, render
-from leaderboard.samples import CORE_LABELS, new_board, sample_record, write_run
+from leaderboard.build import render
+from leaderboard.render import load_reference
 from leaderboard.store import add_entry
 
 TIMES = {"base": 5940.0, "fast": 5760.0}  # the mean training time (s) of each entry's five runs
@@ -39,7 +40,7 @@ def page_path(tmp_path_factory) -> Path:
                       started_at=f"2026-04-0{day}T10:00:00+00:00"))
             for seed in range(1, 6)
         ]  # fmt: skip
-        add_entry(runs, root=root, name=name, description=f"{name} <b>change</b>")
+        mark_verified(add_entry(runs, root=root, name=name, description=f"{name} <b>change</b>").path)
     render(root)
     return root / "index.html"
 

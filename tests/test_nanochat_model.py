@@ -6,13 +6,16 @@ Run: python -m pytest tests/test_nanochat_model.py
 import math
 import warnings
 
+import helpers_tinytrain as tinytrain
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from baselines.nanochat import depth, tinytrain
+from baselines.nanochat import depth
 from baselines.nanochat.fp8 import fp8_linear, fp8_supported
-from baselines.nanochat.model import GPT, attend, attention_masks, window_mask
+from baselines.nanochat.model import GPT, attend, attention_masks, select_attention_backend, window_mask
+from baselines.nanochat.optim import build_optimizer
 from harness.hookspecs import Run
 from harness.plugins import load_submission
 
@@ -51,29 +54,86 @@ def test_untrained_model_predicts_nearly_uniformly():
 
 
 def reference_attention(q, k, v, window):
-    """Softmax attention written out by hand, with the causal sliding window as a -inf mask."""
+    """Softmax attention of (B, T, H, D) tensors written out by hand, the causal sliding window as a -inf mask."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
     scores = scores.masked_fill(~window_mask(q.size(-2), window, q.device), float("-inf"))
-    return scores.softmax(-1) @ v
+    return (scores.softmax(-1) @ v).transpose(1, 2)
 
 
 def test_sliding_window_attention_equals_a_masked_full_attention():
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 200, 16) for _ in range(3))
-    windows = [17, 50, 200]  # 200 = full causal, which takes SDPA's is_causal path
-    for window, mask in zip(windows, attention_masks(200, windows, q.device, use_flex=False), strict=True):
-        torch.testing.assert_close(attend(q, k, v, mask), reference_attention(q, k, v, window), atol=1e-5, rtol=0)
+    q, k, v = (torch.randn(2, 200, 3, 16) for _ in range(3))
+    windows = [17, 50, 199]  # 199 earlier tokens = full causal at T=200, which takes SDPA's is_causal path
+    masks = attention_masks(200, windows, q.device, "sdpa")
+    assert masks[-1] is None
+    for window, mask in zip(windows, masks, strict=True):
+        expected = reference_attention(q, k, v, window)
+        torch.testing.assert_close(attend(q, k, v, mask, "sdpa"), expected, atol=1e-5, rtol=0)
 
 
-def test_flex_attention_block_mask_gives_the_same_sliding_window():
-    # The CUDA path, run here uncompiled (slow: ~3 s a call on CPU, so one window that crosses the
-    # 128-token block boundary). Compiled on GPU it computes the same function.
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 200, 16) for _ in range(3))
+def seen_keys(backend: str, length: int, window: int) -> torch.Tensor:
+    """Which keys each query attends to, read off the attention itself: with q = k = 0 every visible key gets
+    the same weight, and with one-hot values (v[j] = e_j) output row i is 1/count on exactly the keys i sees."""
+    q = k = torch.zeros(1, length, 1, length)
+    v = torch.eye(length).view(1, length, 1, length)
+    (mask,) = attention_masks(length, [window], q.device, backend)
+    return attend(q, k, v, mask, backend)[0, :, 0] > 0
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_a_window_of_w_lets_a_query_see_itself_and_w_earlier_keys(backend):
+    # Hand-derived, as FlashAttention's window_size=(w, 0) defines it: with w = 4, query 9 sees keys 5..9 (five
+    # keys, not four), query 3 sees keys 0..3 (the sequence start cuts the window), and no query sees a later key.
+    # FlexAttention runs uncompiled here (slow on CPU, so a short sequence); compiled on GPU it is the same function.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()"
-        (mask,) = attention_masks(200, [17], q.device, use_flex=True)
-        torch.testing.assert_close(attend(q, k, v, mask), reference_attention(q, k, v, 17), atol=1e-5, rtol=0)
+        seen = seen_keys(backend, 10, 4)
+    assert seen[9].nonzero().flatten().tolist() == [5, 6, 7, 8, 9]
+    assert seen[3].nonzero().flatten().tolist() == [0, 1, 2, 3]
+    assert not seen.triu(1).any()
+    assert seen.sum(1).tolist() == [1, 2, 3, 4, 5, 5, 5, 5, 5, 5]
+
+
+def test_the_short_window_at_the_record_length_attends_to_513_keys():
+    # d24 at T=2048: S = 512 earlier tokens plus the query itself, as the reference's window_size=(512, 0).
+    model = GPT(depth.model_dims(24, 32768), seq_len=2048, device="meta")
+    assert model.windows[:4] == [512, 512, 512, 2048]
+    assert window_mask(2048, 512, "cpu").sum(1)[-1].item() == 513
+
+
+def test_attention_backend_is_sdpa_on_cpu_and_named_by_the_model():
+    assert select_attention_backend("cpu", torch.bfloat16, training=True) == "sdpa"
+    model = small_model()
+    assert model.attention_backend == "sdpa"
+    x = torch.randint(0, VOCAB, (1, 32))
+    model(x, x)
+    assert model.attention_backend == "sdpa"
+
+
+def test_backout_subtracts_the_residual_after_block_n_layer_over_2():
+    # Hand-derived at d4: logits = head(norm(x_3 - lambda * x_2)), x_i the output of block i (0-based); the
+    # reference saves the residual after block n_layer // 2 = 2 (12 at d24), not block 1.
+    model = small_model(d=4)
+    with torch.no_grad():
+        for p in model.parameters():  # zero output projections would make every block output the same
+            p.add_(0.05 * torch.randn_like(p))
+        model.backout_lambda.fill_(0.7)
+    outputs = []
+    hooks = [b.register_forward_hook(lambda m, i, out: outputs.append(out)) for b in model.blocks]
+    x = torch.randint(0, VOCAB, (2, 32))
+    logits = model(x)
+    for h in hooks:
+        h.remove()
+
+    def expected(saved: int) -> torch.Tensor:
+        z = model.lm_head(F.rms_norm(outputs[3] - 0.7 * outputs[saved], (outputs[3].size(-1),)))
+        return 15 * torch.tanh(z / 15)
+
+    assert model.backout_layer == 2
+    torch.testing.assert_close(logits, expected(2))
+    assert not torch.allclose(logits, expected(1), atol=1e-4)
+    assert GPT(depth.model_dims(24, 32768), seq_len=2048, device="meta").backout_layer == 12
 
 
 def test_logits_are_float32_softcapped_and_the_loss_ignores_minus_one():
@@ -105,12 +165,20 @@ def test_forward_is_causal_and_accepts_four_times_the_training_length():
     assert not torch.allclose(a[:, 100], b[:, 100])
 
 
-def test_bfloat16_compute_keeps_float32_master_weights_and_gradients():
+def test_bfloat16_compute_stores_the_embeddings_in_bf16_and_every_other_weight_in_float32():
+    # As the reference: token and value embeddings (lookups) in bf16, with bf16 gradients and Adam moments.
     model = small_model(dtype=torch.bfloat16)
     x = torch.randint(0, VOCAB, (2, 32))
     model(x, x).backward()
-    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    tables = {"wte.weight"} | {f"value_embeds.{i}.weight" for i in model.value_embeds}
+    for name, p in model.named_parameters():
+        assert p.dtype == (torch.bfloat16 if name in tables else torch.float32), name
+        assert p.grad.dtype == p.dtype, name
+    optimizer = build_optimizer(model, total_batch_tokens=2**19)
+    optimizer.step()
+    assert optimizer.state[model.wte.weight]["exp_avg_sq"].dtype == torch.bfloat16
     assert model(x).dtype == torch.float32
+    assert small_model(dtype=torch.float32).wte.weight.dtype == torch.float32
 
 
 def test_fp8_falls_back_with_a_warning_where_unsupported():
@@ -137,7 +205,39 @@ def test_fp8_matmul_is_close_to_the_exact_one():
     assert rel(gx, x2.grad) < 0.1 and rel(gw, w2.grad) < 0.1 and gw.dtype == torch.float32
 
 
-def test_compile_is_a_no_op_on_cpu_and_state_dict_keys_stay_clean():
+class ScaledMatmuls(TorchDispatchMode):
+    """Records the use_fast_accum flag of every fp8 matmul that runs (a real dispatch mode, not a mock)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fast_accum = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._scaled_mm.default:
+            self.fast_accum.append(bool(kwargs.get("use_fast_accum", args[7] if len(args) > 7 else False)))
+        return func(*args, **kwargs)
+
+
+def test_fp8_forward_accumulates_fast_and_the_gradients_do_not():
+    x = torch.randn(16, 128, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(128, 128, requires_grad=True)
+    with ScaledMatmuls() as calls:
+        fp8_linear(x, w).sum().backward()
+    assert calls.fast_accum == [True, False, False]  # forward, then grad_x and grad_w
+
+
+def test_fp8_covers_every_linear_of_at_least_128_in_multiples_of_16_including_the_head():
+    model = small_model(d=4)  # width 256, vocabulary 256: every block matrix and the head qualify
+    layers = model.fp8_layers()
+    assert "lm_head" in layers
+    block = ("attn.c_q", "attn.c_k", "attn.c_v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    assert {f"blocks.0.{n}" for n in block} <= set(layers)
+    assert len(layers) == 4 * 6 + 1
+    assert not any("gate" in name for name in layers)  # ve_gate (12 -> heads) and smear_gate (24 -> 1) stay exact
+
+
+def test_compile_is_off_by_default_on_cpu_and_state_dict_keys_stay_clean():
     model = small_model()
     assert model.maybe_compile() is False
     assert not any("_orig_mod" in key for key in model.state_dict())

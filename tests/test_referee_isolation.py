@@ -185,8 +185,11 @@ def test_a_tampered_worker_clock_fails_the_run_by_the_referees_observation(attac
     record, _ = harness_run([str(folder), "--out", str(tmp_path / "out"), *TIMED], harness_env)
     assert record["status"] == "failed"
     message = record["error"]["message"]
-    assert "the worker reported train" in message and "the referee observed" in message
-    assert "clock was tampered with" in message
+    assert "the worker reported train" in message and "clock was tampered with" in message
+    if attack == "perf_counter":  # every duration 10x short: the referee's observation of the steps tells
+        assert "the referee observed" in message
+    else:  # the total alone is forged: rank 0's own step times tell
+        assert "its own steps add up to" in message
 
 
 def test_patching_monotonic_and_synchronize_in_the_worker_changes_no_reported_time(tmp_path, harness_env):
@@ -270,10 +273,10 @@ def test_weights_trained_during_warmup_and_loaded_at_step_zero_fail_the_warmup_p
         def train_step(model, batches, plan, run):
             STASH["calls"] += 1
             batches = list(batches)
-            if STASH["calls"] == 1:  # the untimed warm-up step: train 40 steps, keep the weights in a global
+            if STASH["calls"] == 1:  # the untimed warm-up step: train 10 steps, keep the weights in a global
                 shadow = copy.deepcopy(model)
                 optimizer = torch.optim.AdamW(shadow.parameters(), lr=3e-3)
-                for _ in range(40):
+                for _ in range(10):
                     for inputs, targets in batches:
                         shadow(inputs, targets).backward()
                     optimizer.step()
@@ -309,10 +312,9 @@ def test_a_background_thread_training_the_model_fails_the_warmup_proof(tmp_path,
                 loss = model(x, x)
                 grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad],
                                             allow_unused=True)
-                with torch.no_grad():
-                    for p, g in zip([p for p in model.parameters() if p.requires_grad], grads):
-                        if g is not None:
-                            p.sub_(1e-2 * g)
+                for p, g in zip([p for p in model.parameters() if p.requires_grad], grads):
+                    if g is not None:
+                        p.data.sub_(1e-2 * g)  # .data: unseen by autograd, so the main thread's steps run on
 
         @hookimpl
         def build_model(run):

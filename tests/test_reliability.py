@@ -281,10 +281,11 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
     proc = start(args, harness_env)
     wait_for(lambda: steps_logged(out) >= 3 or proc.poll() is not None)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
     record = record_of(out)
     assert record["status"] == "interrupted" and "SIGTERM" in record["error"]["message"]
+    assert f"checkpoint: {record['checkpoint']}" in stdout and f"--out {out} --resume" in stdout  # how to go on
     stopped_at = record["steps_completed"]
     assert 0 < stopped_at < 12
     assert record["checkpoint"].endswith(f"step_{stopped_at:06d}")
@@ -292,7 +293,9 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
 
     resumed = run([*args, "--resume"], harness_env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    record = record_of(out)
+    assert f"resuming from step {stopped_at} of 12" in resumed.stdout
+    assert record_of(out)["status"] == "interrupted"  # the interrupted record is kept; the resumed one is beside it
+    record = json.loads((out / "record.resume-1.json").read_text())
     assert record["status"] == "finished" and record["resumed"] is True
     assert record["steps_completed"] == 12
     assert "resumed from a checkpoint" in record["eligibility"]["reasons"]

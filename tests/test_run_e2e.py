@@ -18,6 +18,7 @@ from harness.clock import read_events
 from harness.data import prepare_dataset
 from harness.profiles import PROFILES
 from harness.record import validate_record
+from harness.referee import judge
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--profile", "cpu", "--max-steps", "12", "--max-per-task", "4"]
@@ -73,12 +74,13 @@ def test_smoke_run_writes_a_valid_record_with_full_provenance(climbmix_run):
 def test_phase_times_in_the_event_log_add_up_to_the_wall_time(climbmix_run):
     record = load_record(climbmix_run)
     events = read_events(climbmix_run / "events.jsonl")
-    assert events[0]["event"] == "run_start" and events[-1]["event"] == "run_stop"
+    assert events[0]["event"] == "run_start" and events[-2]["event"] == "run_stop"
+    assert events[-1]["event"] == "record_written"  # the record's sha256, once the record is on disk
     stops = [e for e in events if e["event"] == "phase_stop"]
     phase_total = sum(e["value"]["seconds"] for e in stops)
     segment = [e for e in events if e["event"] == "train_segment"][-1]["value"]
     phase_total += segment["train_s"] + segment["log_s"]
-    wall = events[-1]["t"] - events[0]["t"]
+    wall = events[-2]["t"] - events[0]["t"]
     assert abs(phase_total - wall) <= 0.01 * wall, (phase_total, wall)
     assert {e["key"] for e in stops} >= {"probe", "setup", "load", "build", "warmup", "eval_bpb", "export", "eval"}
     assert segment["train_s"] == pytest.approx(record["phases"]["train"], rel=1e-6)
@@ -254,3 +256,39 @@ def test_wandb_logs_offline_by_default_and_the_run_finishes(tmp_path, harness_en
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_the_referee_judges_the_record_as_written_and_judges_hand_edits_again(climbmix_run):
+    record = load_record(climbmix_run)
+    assert judge(record).to_json() == record["eligibility"]  # one judgement, wherever it is made
+    record_profile = {**record, "profile": "8xh100", "calibration": {"matmul_tflops": 100.0, "memory_gbps": 900.0}}
+    reasons = judge(record_profile).reasons
+    assert not any("not the record profile" in r for r in reasons)
+    assert any("matmul calibration 100.0 TFLOP/s is below the 8xh100 floor" in r for r in reasons)
+    over = {**record, "budgets": {**record["budgets"], "build": {"seconds": 99.0, "budget": 20.0}}}
+    assert "untimed phase build took 99.0 s, over its budget of 20.0 s" in judge(over).reasons
+    assert "the run did not finish (status failed)" in judge({**record, "status": "failed"}).reasons
+
+
+def test_a_submission_planning_another_seq_len_is_evaluated_on_the_same_validation_tokens(
+    climbmix_run, tmp_path, harness_env
+):
+    folder = write_submission(
+        tmp_path / "short_rows",
+        """
+        import dataclasses
+        from harness import hookimpl
+        from baselines.nanochat import submission as baseline
+
+        @hookimpl
+        def plan_training(model, run):
+            plan = baseline.make_plan(model, dataclasses.replace(run, seq_len=128))
+            return plan  # 128-token training rows; the validation rows are the profile's 256-token rows
+        """,
+    )
+    out = tmp_path / "out"
+    proc = harness_run([str(folder), "--out", str(out), *FAST[:-2], "--no-core"], harness_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    short, reference = load_record(out), load_record(climbmix_run)
+    assert short["plan"]["seq_len"] == 128 and reference["plan"]["seq_len"] == 256
+    assert short["evals"][-1]["rows_sha256"] == reference["evals"][-1]["rows_sha256"]

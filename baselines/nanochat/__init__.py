@@ -2,6 +2,6 @@
 
 Modules: ``depth`` (the depth dial), ``model`` (the GPT), ``optim`` (Muon + AdamW), ``schedule``, ``kernels``
 (Triton fused softcap cross-entropy), ``fp8``, ``flops`` (peak FLOPs and MFU), ``submission`` (the hooks),
-``tinytrain`` (a tiny hook-driven training loop for tests). The hooks live in ``submission.py`` only, so
+The hooks live in ``submission.py`` only, so
 importing this package (``from baselines.nanochat import depth, model``) registers nothing.
 """

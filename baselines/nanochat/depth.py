@@ -6,7 +6,7 @@
 
 Pure arithmetic, no torch: the model in ``model.py`` is built from ``model_dims`` and the tests check that
 its parameter count equals ``total_params``. Formulas and constants are the reference's
-(/work/shared/reference/nanochat-recipe.md, sections "Model" and "Depth sets everything else").
+(docs/spec/reference-recipe.md, sections "Model", "Parameter counts" and "Depth sets everything else").
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-HEAD_DIM = 128  # nanochat-recipe.md, Model: head_dim 128
+HEAD_DIM = 128  # docs/spec/reference-recipe.md, Model
 ASPECT_RATIO = 64  # width = ceil(64 * depth / 128) * 128
 MLP_RATIO = 4
 VE_GATE_CHANNELS = 12  # value-embedding gate reads the first 12 channels of x
@@ -22,7 +22,8 @@ SMEAR_CHANNELS = 24  # smear gate reads the first 24 channels of x
 WINDOW_PATTERN = "SSSL"  # S = a quarter of the context, L = the full context; the last layer is always L
 SHORT_WINDOW_DIVISOR = 4  # S = 512 at L = 2048
 
-REFERENCE_DEPTH = 12  # hyperparameters were tuned at d12 and transferred (nanochat-recipe.md, Depth ...)
+# Hyperparameters were tuned at d12 and transferred (docs/spec/reference-recipe.md, Depth sets everything else).
+REFERENCE_DEPTH = 12
 REFERENCE_BATCH = 2**19  # tokens per step that are optimal at d12 (measured upstream)
 BATCH_EXPONENT = 0.383  # B = 2^round(log2(B_ref * (tokens / D_ref)^0.383)), fitted upstream
 DEFAULT_RATIO = 12  # tokens per scaling parameter; the current record uses 8
@@ -44,7 +45,7 @@ class Dims:
 
 
 def model_dims(depth: int, vocab_size: int) -> Dims:
-    """width = ceil(64*d/128)*128 and heads = width/128 (nanochat-recipe.md, Model)."""
+    """width = ceil(64*d/128)*128 and heads = width/128 (docs/spec/reference-recipe.md, Model)."""
     if depth < 1:
         raise ValueError(f"depth={depth} must be at least 1; pass --depth 1 or more")
     if vocab_size < 1:
@@ -59,9 +60,11 @@ def value_embed_layers(depth: int) -> list[int]:
 
 
 def window_sizes(depth: int, seq_len: int) -> list[int]:
-    """Attention window of each layer in tokens (a query sees itself and window-1 earlier tokens).
+    """Attention window of each layer: how many earlier tokens a query sees, besides itself.
 
-    The pattern "SSSL" is tiled over the layers and the last layer is forced to L (nanochat-recipe.md).
+    A window of w lets query i attend to keys i-w .. i, i.e. w + 1 keys: FlashAttention's ``window_size=(w, 0)``,
+    which is how the reference states it (S = 512 sees 513 keys at T = 2048). The pattern "SSSL" is tiled over
+    the layers and the last layer is forced to L (docs/spec/reference-recipe.md, Model).
     """
     long, short = seq_len, max(1, seq_len // SHORT_WINDOW_DIVISOR)
     windows = [long if WINDOW_PATTERN[i % len(WINDOW_PATTERN)] == "L" else short for i in range(depth)]
@@ -91,7 +94,7 @@ def total_params(dims: Dims) -> int:
 
 def flops_per_token(dims: Dims, seq_len: int) -> float:
     """Training FLOPs per token: 6 * linear weights (head included) + 12 * heads * head_dim * min(window, T)
-    per layer for attention (nanochat-recipe.md, Precision and speed; the 6 is 2 forward + 4 backward)."""
+    per layer for attention (docs/spec/reference-recipe.md, Speed and MFU; the 6 is 2 forward + 4 backward)."""
     n_ve = len(value_embed_layers(dims.depth))
     linear = scaling_params(dims) + n_ve * VE_GATE_CHANNELS * dims.num_heads + SMEAR_CHANNELS
     attention = sum(12 * dims.num_heads * dims.head_dim * min(w, seq_len) for w in window_sizes(dims.depth, seq_len))
@@ -119,8 +122,8 @@ def horizon(depth: int, vocab_size: int, ratio: float = DEFAULT_RATIO) -> Horizo
 
 
 def batch_lr_scale(total_batch_tokens: int) -> float:
-    """Learning rates scale with sqrt(B / 2^19) (nanochat-recipe.md: the usual square-root rule for Adam-like
-    optimizers)."""
+    """Learning rates scale with sqrt(B / 2^19), the square-root rule for Adam-like optimizers
+    (docs/spec/reference-recipe.md, Depth sets everything else)."""
     return math.sqrt(total_batch_tokens / REFERENCE_BATCH)
 
 
@@ -130,7 +133,8 @@ def width_lr_scale(width: int) -> float:
 
 
 def muon_weight_decay(depth: int, vocab_size: int, total_batch_tokens: int, peak: float = 0.28) -> float:
-    """Muon peak weight decay = 0.28 * sqrt(B/2^19) * D_ref/tokens (nanochat-recipe.md).
+    """Muon peak weight decay = 0.28 * sqrt(B/2^19) * D_ref/tokens
+    (docs/spec/reference-recipe.md, Depth sets everything else).
 
     D_ref/tokens = N(d12)/N(d) because both carry the same ratio, so the ratio drops out.
     """

@@ -3,18 +3,24 @@
     model = GPT(model_dims(depth=4, vocab_size=4096), seq_len=256, compute_dtype=torch.float32)
     logits = model(idx)              # (B, T, vocab) float32, softcapped
     loss = model(idx, targets)       # mean cross entropy over targets that are not -1
+    model.attention_backend          # "fa3", "flex" or "sdpa": the kernel the training forward uses
 
-Every feature is the reference's (nanochat-recipe.md, Model): RoPE (base 100,000), parameter-free RMSNorm,
+Every feature is the reference's (docs/spec/reference-recipe.md, Model): RoPE (base 100,000), parameter-free RMSNorm,
 QK-norm scaled by 1.2, ReLU-squared MLP, logit softcap 15, value embeddings gated per head on alternating
 layers, per-layer residual and x0 scalars, smear, backout, sliding-window attention in the "SSSL" pattern
 (last layer full), untied embeddings. Where the recipe is silent we say so next to the choice.
 
-Precision: parameters are float32 master weights; activations run in ``compute_dtype`` (bf16 on GPU) and every
-linear layer casts its weight to the activation's dtype (no autocast), as the reference does. Attention is
-FlexAttention with a cached block mask when training on CUDA and SDPA with an explicit boolean mask otherwise
-(evals, CPU); the tests check both against a hand-written masked softmax. On CUDA ``maybe_compile()`` compiles
-the training forward only: evals call ``model(idx)`` at many lengths and stay eager, and the module and its
-state_dict keys are unchanged.
+Precision: parameters are float32 master weights, except the token and value embeddings, which are stored in
+the compute dtype when that is bf16 (as the reference does: they are lookups, and bf16 halves their weights,
+gradients and Adam moments, about 8 GB per GPU at d24). Activations run in ``compute_dtype`` (bf16 on GPU) and
+every linear layer casts its weight to the activation's dtype (no autocast), as the reference does.
+
+Attention backends, best first (``select_attention_backend``): FlashAttention-3 where its package
+(``flash_attn_interface``) is installed on a Hopper GPU, the reference's kernel; else FlexAttention with a
+cached block mask for training on CUDA; else SDPA with an explicit boolean mask (CPU, and evals on GPUs without
+FA3, whose many prompt lengths would recompile FlexAttention per length). The tests check every path they can
+run against a hand-written masked softmax. ``maybe_compile(True)`` compiles the training forward only: evals
+call ``model(idx)`` at many lengths and stay eager, and the module and its state_dict keys are unchanged.
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ import torch.nn.functional as F
 
 from baselines.nanochat import kernels
 from baselines.nanochat.depth import SMEAR_CHANNELS, VE_GATE_CHANNELS, Dims, value_embed_layers, window_sizes
-from baselines.nanochat.fp8 import fp8_linear, fp8_supported
+from baselines.nanochat.fp8 import fp8_eligible, fp8_linear, fp8_supported
 
 ROPE_BASE = 100_000
-QK_SCALE = 1.2  # q and k are multiplied by 1.2 after QK-norm (nanochat-recipe.md)
+QK_SCALE = 1.2  # q and k are multiplied by 1.2 after QK-norm (docs/spec/reference-recipe.md, Model)
 LOGIT_SOFTCAP = 15.0
 MAX_LENGTH_FACTOR = 4  # forward must accept up to 4 * seq_len tokens (CORE prompts; hookspecs.build_model)
 
@@ -46,7 +52,8 @@ class Linear(nn.Linear):
     """A bias-free linear layer whose float32 weight is cast to the activation's dtype at use.
 
     With ``fp8=True`` it multiplies in fp8 while gradients are being computed (training); evals, which run
-    under ``torch.no_grad()``, always use the exact path (nanochat-recipe.md: fp8 is never used for evals).
+    under ``torch.no_grad()``, always use the exact path: fp8 is never used for evals
+    (docs/spec/reference-recipe.md, Precision).
     """
 
     def __init__(self, in_features: int, out_features: int, device=None):
@@ -79,10 +86,38 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def window_mask(length: int, window: int, device) -> torch.Tensor:
-    """Boolean (T, T) mask: query i sees key j when 0 <= i - j < window."""
+    """Boolean (T, T) mask: query i sees key j when 0 <= i - j <= window (window + 1 keys, the query included)."""
     i = torch.arange(length, device=device)[:, None]
     j = torch.arange(length, device=device)[None, :]
-    return (j <= i) & (i - j < window)
+    return (j <= i) & (i - j <= window)
+
+
+ATTENTION_BACKENDS = ("fa3", "flex", "sdpa")
+
+
+@functools.cache
+def _fa3():
+    """FlashAttention-3's ``flash_attn_func`` when its package is installed, else None."""
+    try:
+        from flash_attn_interface import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def select_attention_backend(device: torch.device | str, dtype: torch.dtype, training: bool) -> str:
+    """The attention kernel for a forward on ``device``: "fa3", "flex" or "sdpa" (see the module docstring).
+
+    FA3 needs its package, a Hopper GPU (compute capability 9.x) and 16-bit activations; it serves any length,
+    so evals use it too. FlexAttention compiles per sequence length, so only training (one length) uses it.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or (not training and torch.compiler.is_exporting()):
+        return "sdpa"  # the program the referee evaluates runs ATen operators only (harness/export.py)
+    hopper = torch.cuda.get_device_capability(device)[0] == 9
+    if _fa3() is not None and hopper and dtype in (torch.bfloat16, torch.float16):
+        return "fa3"
+    return "flex" if training else "sdpa"
 
 
 @functools.cache
@@ -99,32 +134,43 @@ def flex_block_mask(length: int, window: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def sliding_causal(b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+        return (kv_idx <= q_idx) & (q_idx - kv_idx <= window)
 
     return create_block_mask(sliding_causal, None, None, length, length, device=device)
 
 
 @functools.lru_cache(maxsize=64)
 def _sdpa_mask(length: int, window: int, device: str) -> torch.Tensor | None:
-    return None if window >= length else window_mask(length, window, device)
+    return None if window >= length - 1 else window_mask(length, window, device)
 
 
-def attention_masks(length: int, windows: list[int], device: torch.device, use_flex: bool) -> list:
-    """One mask object per layer: a FlexAttention BlockMask, or for SDPA a boolean mask (None = plain causal)."""
-    if use_flex:
+def attention_masks(length: int, windows: list[int], device: torch.device, backend: str) -> list:
+    """One mask object per layer for ``backend``: FA3's left window (an int), a FlexAttention BlockMask, or for
+    SDPA a boolean mask (None = plain causal)."""
+    if backend == "fa3":
+        return list(windows)
+    if backend == "flex":
         return [flex_block_mask(length, min(w, length), str(device)) for w in windows]
-    if torch.compiler.is_compiling():  # traced with a symbolic length (torch.export): no cache, no branch on it
-        return [window_mask(length, w, device) for w in windows]
-    return [_sdpa_mask(length, w, str(device)) for w in windows]
+    if backend == "sdpa" and torch.compiler.is_compiling():  # traced with a symbolic length (torch.export)
+        return [window_mask(length, w, device) for w in windows]  # no cache keyed on it, no branch on it
+    if backend == "sdpa":
+        return [_sdpa_mask(length, w, str(device)) for w in windows]
+    raise ValueError(f"attention backend {backend!r} is unknown; use one of {', '.join(ATTENTION_BACKENDS)}")
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
-    """Causal attention of (B, H, T, D) tensors under a mask from ``attention_masks``."""
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if isinstance(mask, torch.Tensor):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return _flex()(q, k, v, block_mask=mask)
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, backend: str) -> torch.Tensor:
+    """Causal attention of (B, T, H, D) tensors under a mask from ``attention_masks``; returns (B, T, H, D)."""
+    if backend == "fa3":
+        out = _fa3()(q, k, v, causal=True, window_size=(mask, 0))
+        return out[0] if isinstance(out, tuple) else out  # some FA3 releases also return the log-sum-exp
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if backend == "flex":
+        y = _flex()(q, k, v, block_mask=mask)
+    elif mask is None:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return y.transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -143,7 +189,7 @@ class CausalSelfAttention(nn.Module):
         # Per-head gate of the value embedding, read from the first channels of x (ResFormer-style value residual).
         self.ve_gate = Linear(VE_GATE_CHANNELS, dims.num_heads, device=device) if has_value_embedding else None
 
-    def forward(self, x, value_embedding, cos, sin, mask):
+    def forward(self, x, value_embedding, cos, sin, mask, backend):
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
         k = self.c_k(x).view(B, T, self.num_heads, self.head_dim)
@@ -153,8 +199,8 @@ class CausalSelfAttention(nn.Module):
             v = v + gate.unsqueeze(-1) * value_embedding.view(B, T, self.num_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = QK_SCALE * norm(q), QK_SCALE * norm(k)
-        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+        y = attend(q, k, v, mask, backend)
+        return self.c_proj(y.reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -173,8 +219,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(dims, has_value_embedding, device=device)
         self.mlp = MLP(dims, device=device)
 
-    def forward(self, x, value_embedding, cos, sin, mask):
-        x = x + self.attn(norm(x), value_embedding, cos, sin, mask)
+    def forward(self, x, value_embedding, cos, sin, mask, backend):
+        x = x + self.attn(norm(x), value_embedding, cos, sin, mask, backend)
         return x + self.mlp(norm(x))
 
 
@@ -183,7 +229,7 @@ class GPT(nn.Module):
         super().__init__()
         self.dims, self.seq_len, self.compute_dtype = dims, seq_len, compute_dtype
         self.windows = window_sizes(dims.depth, seq_len)
-        self.backout_layer = max(1, dims.depth // 2) - 1  # the residual after layer d/2 is subtracted at the end
+        self.backout_layer = dims.depth // 2  # the residual after block index d//2 (12 of 0..23) is subtracted
         ve_layers = value_embed_layers(dims.depth)
         kv_dim = dims.num_heads * dims.head_dim
         self.wte = nn.Embedding(dims.vocab_size, dims.width, device=device)
@@ -198,11 +244,17 @@ class GPT(nn.Module):
         self.smear_lambda = nn.Parameter(torch.empty(1, device=device))
         self.backout_lambda = nn.Parameter(torch.empty(1, device=device))
         self.use_compile = False
+        self._trained_with = None  # the attention backend of the last training forward
         self.init_weights()
+        # The embeddings are lookups: stored in bf16 when computing in bf16, as the reference does (fp16 keeps
+        # fp32, which the reference also does, since its gradients need a loss scaler). Their Adam moments follow.
+        embedding_dtype = torch.bfloat16 if compute_dtype == torch.bfloat16 else torch.float32
+        for table in (self.wte, *self.value_embeds.values()):
+            table.to(embedding_dtype)
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Initialise every parameter explicitly (nanochat-recipe.md, Model: init)."""
+        """Initialise every parameter explicitly (docs/spec/reference-recipe.md, Initialisation)."""
         if self.wte.weight.is_meta:
             return
         width = self.dims.width
@@ -227,8 +279,14 @@ class GPT(nn.Module):
 
     # -- options --------------------------------------------------------------------------------------
 
+    def fp8_layers(self) -> list[str]:
+        """Names of the linear layers that multiply in fp8 under ``enable_fp8``: every ``Linear`` whose two
+        dimensions are multiples of 16 and at least 128 (the head included; the small gates are not), as the
+        reference converts them."""
+        return [name for name, m in self.named_modules() if isinstance(m, Linear) and fp8_eligible(m)]
+
     def enable_fp8(self) -> bool:
-        """Use fp8 in the block matrices if this device supports it; otherwise warn and keep bf16/fp32."""
+        """Use fp8 in ``fp8_layers()`` if this device supports it; otherwise warn and keep bf16/fp32."""
         device = self.wte.weight.device
         if not fp8_supported(device):
             warnings.warn(
@@ -237,19 +295,22 @@ class GPT(nn.Module):
                 stacklevel=2,
             )
             return False
-        for block in self.blocks:
-            for linear in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.attn.c_proj):
-                linear.fp8 = True
-            block.mlp.c_fc.fp8 = block.mlp.c_proj.fp8 = True
+        for name in self.fp8_layers():
+            self.get_submodule(name).fp8 = True
         return True
 
-    def maybe_compile(self) -> bool:
-        """On CUDA, run the training forward (``model(idx, targets)``) through torch.compile(dynamic=False).
-
-        A no-op elsewhere (no C++/Triton toolchain is assumed on CPU; eager is the CPU fallback).
-        """
-        self.use_compile = self.wte.weight.is_cuda
+    def maybe_compile(self, enabled: bool | None = None) -> bool:
+        """Run the training forward (``model(idx, targets)``) through torch.compile(dynamic=False) when
+        ``enabled`` (None: on CUDA only). The caller decides; ``harness.device.use_compile`` says where it pays."""
+        self.use_compile = self.wte.weight.is_cuda if enabled is None else bool(enabled)
         return self.use_compile
+
+    @property
+    def attention_backend(self) -> str:
+        """The attention kernel of the training forward ("fa3", "flex" or "sdpa"): the one that ran last, else the
+        one that will run on this model's device. For the record."""
+        device = self.wte.weight.device
+        return self._trained_with or select_attention_backend(device, self.compute_dtype, training=True)
 
     # -- accounting -------------------------------------------------------------------------------------
 
@@ -272,17 +333,20 @@ class GPT(nn.Module):
         return cos[:length], sin[:length]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Eager set-up (rotary tables, masks), then the transformer; compiled on CUDA when training."""
+        """Eager set-up (rotary tables, attention backend and masks), then the transformer; compiled when training
+        if ``maybe_compile`` enabled it."""
         length = idx.size(1)
         cos, sin = self._rotary(length, idx.device)
-        # FlexAttention for training (one fixed length, compiled once); SDPA with a mask for evals, whose
-        # many prompt lengths would otherwise recompile flex_attention per length.
-        masks = attention_masks(length, self.windows, idx.device, use_flex=idx.is_cuda and targets is not None)
-        if targets is not None and self.use_compile:
-            return _compiled_transformer()(self, idx, targets, cos, sin, masks)
-        return self.transformer(idx, targets, cos, sin, masks)
+        backend = select_attention_backend(idx.device, self.compute_dtype, training=targets is not None)
+        masks = attention_masks(length, self.windows, idx.device, backend)
+        if targets is None:
+            return self.transformer(idx, targets, cos, sin, masks, backend)
+        self._trained_with = backend
+        if self.use_compile:
+            return _compiled_transformer()(self, idx, targets, cos, sin, masks, backend)
+        return self.transformer(idx, targets, cos, sin, masks, backend)
 
-    def transformer(self, idx, targets, cos, sin, masks) -> torch.Tensor:
+    def transformer(self, idx, targets, cos, sin, masks, backend) -> torch.Tensor:
         dtype = self.compute_dtype
         x = norm(self.wte(idx).to(dtype))
         # Smear (modded-nanogpt): mix a gated share of the previous token's embedding into each position.
@@ -294,7 +358,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i].to(dtype) * x + self.x0_lambdas[i].to(dtype) * x0
             ve = self.value_embeds[str(i)](idx).to(dtype) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos, sin, masks[i])
+            x = block(x, ve, cos, sin, masks[i], backend)
             if i == self.backout_layer:
                 backout = x
         x = norm(x - self.backout_lambda.to(dtype) * backout)
@@ -304,8 +368,8 @@ class GPT(nn.Module):
         return kernels.softcap_cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), LOGIT_SOFTCAP)
 
 
-def _transformer(model: GPT, idx, targets, cos, sin, masks) -> torch.Tensor:
-    return model.transformer(idx, targets, cos, sin, masks)
+def _transformer(model: GPT, idx, targets, cos, sin, masks, backend) -> torch.Tensor:
+    return model.transformer(idx, targets, cos, sin, masks, backend)
 
 
 @functools.cache

@@ -5,12 +5,18 @@
 
 Each parameter group has ``kind`` "muon" or "adamw", a base learning rate ``initial_lr`` (the schedule sets
 ``lr = initial_lr * multiplier``) and, for Muon, ``momentum`` and ``weight_decay`` that the schedule also sets
-every step (``initial_weight_decay`` is the peak). Muon groups hold matrices of one shape, so their update
-runs once on the stacked matrices, batching the small matmuls of the orthogonalisation.
+every step (``initial_weight_decay`` is the peak). Muon groups hold matrices of one shape; the matrices that
+have a gradient are updated together as one stack, batching the small matmuls of the orthogonalisation.
 
-Distribution: the harness wraps the model in DistributedDataParallel, so every rank holds averaged gradients
-and runs the full update itself. The reference instead reduce-scatters inside the optimizer and shards its
-state (ZeRO-2); see README.md for the trade-off. On CUDA the update math is compiled with torch.compile.
+Distribution: the harness owns it (``harness/sharding.py``, ZeRO-2 as the reference): each rank receives the
+averaged gradients of the parameters it owns and ``.grad = None`` for the others, which ``step`` skips, so every
+rank updates only its share and the harness all-gathers the weights. State is per parameter, so a full state
+dict is the union of the ranks' and does not depend on the number of ranks.
+
+Compilation (``compile_backend="inductor"`` on GPUs): the update functions take every hyperparameter that the
+schedule changes (lr, momentum, weight decay, the Adam step) as a 0-D tensor on the parameters' device, refilled
+in place each step, so one compiled graph per shape group serves the whole run; Python numbers would be guarded
+as constants and recompile at every new value until dynamo's recompile limit sends them back to eager.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch.nn as nn
 
 from baselines.nanochat.depth import batch_lr_scale, width_lr_scale
 
-# Reference hyperparameters (nanochat-recipe.md, Optimizer and schedule). Each AdamW entry:
+# Reference hyperparameters (docs/spec/reference-recipe.md, Optimizer). Each AdamW entry:
 # (learning rate, betas, weight decay, scaled by (width/768)^-0.5?, scaled by sqrt(B/2^19)?)
 MUON_LR = 0.02
 MUON_BETA2 = 0.9  # NorMuon's second-moment decay
@@ -37,6 +43,8 @@ ADAMW_GROUPS = {
     "x0_lambdas": (0.5, (0.96, 0.95), 0.0, False, True),
     "smear_backout": (0.2, (0.8, 0.95), 0.0, False, False),
 }
+
+PRE_NORMALISATION = 1.01  # the orthogonalisation divides by 1.01 * the Frobenius norm (reference)
 
 # Quintic polynomial coefficients for the orthogonalisation, one triple (a, b, c) per step: X <- aX + b(XX^T)X +
 # c(XX^T)^2 X. "Polar Express" (Amsel et al. 2025, arXiv:2505.16932), the values used by nanochat/modded-nanogpt.
@@ -52,11 +60,11 @@ POLAR_EXPRESS = (
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Approximate the polar factor U V^T of each matrix in g (..., rows, cols), in bfloat16.
 
-    Dividing by 1.02 * the Frobenius norm puts every singular value below 1, where the polynomial
-    iteration drives them all towards 1 (Polar Express, section 4; the 1.02 is its safety factor).
+    Dividing by 1.01 * the Frobenius norm puts every singular value below 1, where the polynomial
+    iteration drives them all towards 1 (Polar Express, section 4; 1.01 is the reference's safety factor).
     """
     x = g.bfloat16()
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) * PRE_NORMALISATION + 1e-6)
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide orientation so that X X^T is the smaller Gram matrix
         x = x.mT
@@ -66,15 +74,18 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x.mT if tall else x
 
 
+Scalar = float | torch.Tensor  # a Python number (eager callers, tests) or a 0-D tensor (the compiled path)
+
+
 def muon_update(
     params: torch.Tensor,
     grads: torch.Tensor,
     momentum_buffer: torch.Tensor,
     second_moment: torch.Tensor,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    beta2: float,
+    lr: Scalar,
+    momentum: Scalar,
+    weight_decay: Scalar,
+    beta2: Scalar,
     steps: int,
 ) -> None:
     """One Muon step on stacked matrices (n, rows, cols), in place. Follows nanochat's fused Muon step:
@@ -108,34 +119,57 @@ def adamw_update(
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
+    decay: Scalar,
+    one_minus_beta1: Scalar,
+    beta2: Scalar,
+    one_minus_beta2: Scalar,
+    step_size: Scalar,
+    bias2_sqrt: Scalar,
+    eps: Scalar,
 ) -> None:
-    """AdamW with decoupled weight decay (Loshchilov & Hutter 2019, Algorithm 2), as torch.optim.AdamW computes it."""
-    param.mul_(1 - lr * weight_decay)
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
-    denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(eps)
-    param.addcdiv_(exp_avg, denom, value=-lr / bias1)
+    """AdamW with decoupled weight decay (Loshchilov & Hutter 2019, Algorithm 2), as torch.optim.AdamW computes it.
+
+    The scalars are the ones torch.optim.AdamW derives on the host in float64 (``adamw_scalars``): decay =
+    1 - lr * wd, step_size = lr / (1 - beta1^t), bias2_sqrt = sqrt(1 - beta2^t). The tensor arithmetic runs in
+    float32 and is written back in the tensors' own dtype, so bf16 embeddings and their bf16 moments work too
+    (for float32 tensors ``.float()`` is the tensor itself and nothing is copied).
+    """
+    p32, m32, v32, g32 = param.float(), exp_avg.float(), exp_avg_sq.float(), grad.float()
+    p32.mul_(decay)
+    m32.lerp_(g32, one_minus_beta1)
+    v32.mul_(beta2).add_(one_minus_beta2 * g32 * g32)
+    denom = (v32.sqrt() / bias2_sqrt).add_(eps)
+    p32.add_(-step_size * m32 / denom)
+    for tensor, value in ((param, p32), (exp_avg, m32), (exp_avg_sq, v32)):
+        if tensor.dtype != torch.float32:
+            tensor.copy_(value)
+
+
+def adamw_scalars(step: int, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> dict:
+    """``adamw_update``'s scalars for Adam step ``step`` (1-based), computed in float64 as torch.optim.AdamW does."""
+    beta1, beta2 = betas
+    return dict(decay=1 - lr * weight_decay, one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
+                step_size=lr / (1 - beta1**step), bias2_sqrt=(1 - beta2**step) ** 0.5, eps=eps)  # fmt: skip
 
 
 @functools.cache
-def _compiled(fn):
-    return torch.compile(fn, dynamic=False)
+def _compiled(fn, backend):
+    return torch.compile(fn, dynamic=False, backend=backend)
 
 
 class MuonAdamW(torch.optim.Optimizer):
-    """One optimizer, two update rules chosen per group by ``group["kind"]``."""
+    """One optimizer, two update rules chosen per group by ``group["kind"]``.
 
-    def __init__(self, param_groups: list[dict]):
+    ``compile_backend``: None runs the update math eagerly; "inductor" (GPUs) or any torch.compile backend
+    compiles ``muon_update`` and ``adamw_update`` once per shape group.
+    """
+
+    def __init__(self, param_groups: list[dict], compile_backend=None):
         defaults = dict(kind="adamw", lr=1e-3, betas=(0.9, 0.999), eps=ADAM_EPS, weight_decay=0.0, momentum=0.95,
                         beta2=MUON_BETA2, ns_steps=5)  # fmt: skip
         super().__init__(param_groups, defaults)
+        self.compile_backend = compile_backend
+        self._scalars: dict[torch.device, dict[str, torch.Tensor]] = {}  # 0-D hyperparameters, one set per device
         for group in self.param_groups:
             if group["kind"] not in ("muon", "adamw"):
                 raise ValueError(f"parameter group kind {group['kind']!r} is unknown; use 'muon' or 'adamw'")
@@ -146,36 +180,57 @@ class MuonAdamW(torch.optim.Optimizer):
             group.setdefault("initial_lr", group["lr"])
             group.setdefault("initial_weight_decay", group["weight_decay"])
 
+    def _update(self, fn):
+        return fn if self.compile_backend is None else _compiled(fn, self.compile_backend)
+
+    def _scalar_tensors(self, device: torch.device, **values: float) -> list[torch.Tensor]:
+        """The same 0-D float32 tensors on ``device`` every call, refilled with ``values``: compiled code guards
+        on a tensor's dtype and shape, never on its value, so changing values do not recompile."""
+        slots = self._scalars.setdefault(device, {})
+        out = []
+        for name, value in values.items():
+            if name not in slots:
+                slots[name] = torch.zeros((), dtype=torch.float32, device=device)
+            out.append(slots[name].fill_(value))
+        return out
+
     @torch.no_grad()
     def step(self, closure=None):
+        """Update every parameter that has a gradient; a parameter whose ``.grad`` is None is left as it is (under
+        the harness's sharding, the ones another rank owns)."""
         if closure is not None:
             raise ValueError("MuonAdamW.step takes no closure")
         for group in self.param_groups:
-            if all(p.grad is None for p in group["params"]):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
                 continue
-            compile_ = group["params"][0].is_cuda  # the update math is compiled on GPU, eager elsewhere
             if group["kind"] == "muon":
-                self._muon_step(group, group["params"], compile_)  # the whole stack, so its state keeps its shape
+                self._muon_step(group, params)
             else:
-                self._adamw_step(group, [p for p in group["params"] if p.grad is not None], compile_)
+                self._adamw_step(group, params)
 
-    def _muon_step(self, group: dict, params: list[torch.Tensor], compile_: bool) -> None:
-        state = self.state[params[0]]  # one state for the whole stack, kept under the first matrix
-        stacked = torch.stack(params)
-        if not state:
-            rows, cols = params[0].shape
-            moment_shape = (len(params), rows, 1) if rows >= cols else (len(params), 1, cols)
-            state["momentum_buffer"] = torch.zeros_like(stacked)
-            state["second_moment"] = torch.zeros(moment_shape, dtype=torch.float32, device=stacked.device)
-        update = _compiled(muon_update) if compile_ else muon_update
-        grads = torch.stack([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
-        update(stacked, grads, state["momentum_buffer"], state["second_moment"],
-               group["lr"], group["momentum"], group["weight_decay"], group["beta2"], group["ns_steps"])  # fmt: skip
+    def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        rows, cols = params[0].shape
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+                moment_shape = (rows, 1) if rows >= cols else (1, cols)
+                state["second_moment"] = torch.zeros(moment_shape, dtype=torch.float32, device=p.device)
+        states = [self.state[p] for p in params]
+        momentum = [s["momentum_buffer"] for s in states]
+        second = [s["second_moment"] for s in states]
+        stacked, stacked_momentum, stacked_second = torch.stack(params), torch.stack(momentum), torch.stack(second)
+        grads = torch.stack([p.grad for p in params])
+        scalars = self._scalar_tensors(params[0].device, lr=group["lr"], momentum=group["momentum"],
+                                       weight_decay=group["weight_decay"], beta2=group["beta2"])  # fmt: skip
+        self._update(muon_update)(stacked, grads, stacked_momentum, stacked_second, *scalars, group["ns_steps"])
         torch._foreach_copy_(params, list(stacked.unbind(0)))
+        torch._foreach_copy_(momentum, list(stacked_momentum.unbind(0)))
+        torch._foreach_copy_(second, list(stacked_second.unbind(0)))
 
-    def _adamw_step(self, group: dict, params: list[torch.Tensor], compile_: bool) -> None:
-        update = _compiled(adamw_update) if compile_ else adamw_update
-        beta1, beta2 = group["betas"]
+    def _adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        update = self._update(adamw_update)
         for p in params:
             state = self.state[p]
             if not state:
@@ -183,15 +238,18 @@ class MuonAdamW(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], group["lr"], beta1, beta2,
-                   group["eps"], group["weight_decay"])  # fmt: skip
+            scalars = adamw_scalars(state["step"], group["lr"], group["betas"], group["eps"], group["weight_decay"])
+            update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], *self._scalar_tensors(p.device, **scalars))
 
 
-def build_optimizer(model: nn.Module, total_batch_tokens: int, muon_weight_decay: float = 0.0) -> MuonAdamW:
+def build_optimizer(
+    model: nn.Module, total_batch_tokens: int, muon_weight_decay: float = 0.0, compile_backend=None
+) -> MuonAdamW:
     """The reference's groups: Muon for every matrix inside the blocks, AdamW groups for the rest.
 
     ``model`` is a ``model.GPT``. Learning rates are scaled by sqrt(B/2^19) and, for the embedding-like AdamW
-    groups, by (width/768)^-0.5 (nanochat-recipe.md). Raises if a parameter would be left out or listed twice.
+    groups, by (width/768)^-0.5 (docs/spec/reference-recipe.md, Optimizer). Raises if a parameter would be left out
+    or listed twice. ``compile_backend`` as for ``MuonAdamW``.
     """
     batch_scale = batch_lr_scale(total_batch_tokens)
     width_scale = width_lr_scale(model.dims.width)
@@ -223,4 +281,4 @@ def build_optimizer(model: nn.Module, total_batch_tokens: int, muon_weight_decay
     if len(listed) != len(set(listed)) or set(listed) != set(trainable):
         missing = sorted(n for i, n in trainable.items() if i not in set(listed))
         raise ValueError(f"optimizer groups must hold every parameter exactly once; missing {missing}")
-    return MuonAdamW(groups)
+    return MuonAdamW(groups, compile_backend=compile_backend)

@@ -3,7 +3,7 @@
     schedule = make_schedule(optimizer, num_steps=5568)
     schedule(step)   # sets every group's lr, the Muon momentum and weight decay; returns what it set
 
-From nanochat-recipe.md, Optimizer and schedule: linear warmup over 40 steps, constant, then a linear
+From docs/spec/reference-recipe.md, Schedule: linear warmup over 40 steps, constant, then a linear
 warmdown over the last 65% of steps to 5% of the peak; Muon momentum 0.85 -> 0.97 over the first 400 steps,
 0.97, then down to 0.90 during the warmdown; Muon weight decay cosine-decayed from its peak to 0.
 """

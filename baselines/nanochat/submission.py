@@ -17,6 +17,7 @@ import torch
 from baselines.nanochat import depth, optim, schedule
 from baselines.nanochat.model import GPT
 from harness import hookimpl
+from harness.device import use_compile
 from harness.hookspecs import Plan, Run
 
 DATASET = "fineweb-edu"
@@ -31,12 +32,13 @@ DEVICE_BATCH = 16  # sequences per rank per micro-step (reference, at T = 2048 o
 
 
 def make_model(run: Run, fp8: bool = FP8) -> GPT:
-    """The GPT for ``run.depth`` (default 24) on ``run.device``, compiled for training on CUDA."""
+    """The GPT for ``run.depth`` (default 24) on ``run.device``, its training forward compiled where the harness
+    says compiling pays (``harness.device.use_compile``: on CUDA; on CPU when SPEEDRUN_COMPILE=1)."""
     dims = depth.model_dims(run.depth or DEPTH, run.vocab_size)
     model = GPT(dims, seq_len=run.seq_len, compute_dtype=run.torch_dtype, device=run.device)
     if fp8:
         model.enable_fp8()  # warns and keeps bf16 where the GPU has no fp8 matmuls
-    model.maybe_compile()
+    model.maybe_compile(run.device != "meta" and use_compile(run.device))
     return model
 
 
@@ -109,7 +111,9 @@ def plan_training(model: torch.nn.Module, run: Run) -> Plan:
 def build_optimizer(model: torch.nn.Module, plan: Plan) -> torch.optim.Optimizer:
     dims = model.dims
     weight_decay = depth.muon_weight_decay(dims.depth, dims.vocab_size, plan.total_batch_tokens)
-    return optim.build_optimizer(model, plan.total_batch_tokens, muon_weight_decay=weight_decay)
+    backend = "inductor" if getattr(model, "use_compile", False) else None  # the update math follows the model
+    return optim.build_optimizer(model, plan.total_batch_tokens, muon_weight_decay=weight_decay,
+                                 compile_backend=backend)  # fmt: skip
 
 
 @hookimpl(trylast=True)

@@ -1,9 +1,10 @@
-"""Tests of leaderboard/stats.py against published worked examples and scipy's own tests.
+"""Tests of harness/stats.py against published worked examples and scipy's own tests.
 
-    pytest tests/test_leaderboard_stats.py
+    pytest tests/test_stats.py
 
 Worked examples: R's t.test on the classic `sleep` data (Student 1908; R's datasets package documents the
-outputs quoted here), and modded-nanogpt's record announcement (13 runs, 3.27837 +- 0.00142, p = 0.00067).
+outputs quoted here), and modded-nanogpt's record announcement (13 runs, 3.27837 +- 0.00142, p = 0.00067;
+docs/spec/benchmark-practice.md, modded-nanogpt).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from leaderboard import stats
+from harness import referee, stats
 
 # R: datasets::sleep, extra hours of sleep under drug 1 and drug 2 (same 10 patients).
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
@@ -142,28 +143,28 @@ GOOD_CORES = [0.2625, 0.2660, 0.2600, 0.2640, 0.2615]  # mean 0.2628: t = 7.8 wi
 
 
 def test_an_entry_with_fewer_runs_than_the_minimum_is_not_judged():
-    n = stats.MIN_RUNS - 1
-    a = stats.assess(NEW_TIMES[:n], GOOD_CORES[:n], [0.718] * n, TARGET)
+    n = referee.MIN_RUNS - 1
+    a = referee.assess(NEW_TIMES[:n], GOOD_CORES[:n], [0.718] * n, TARGET)
     assert not a.qualifies and not a.beats_record
-    assert a.verdict == f"needs {stats.MIN_RUNS} runs, has {n}"
+    assert a.verdict == f"needs {referee.MIN_RUNS} runs, has {n}"
 
 
 def test_mean_core_not_significantly_above_the_target_fails_the_rule():
     cores = [0.2512, 0.2677, 0.2560, 0.2600, 0.2540]  # mean 0.2578, sd 0.0065: p about 0.35
-    a = stats.assess(NEW_TIMES, cores, [0.718] * 5, TARGET)
+    a = referee.assess(NEW_TIMES, cores, [0.718] * 5, TARGET)
     expected_p = sps.ttest_1samp(cores, TARGET, alternative="greater").pvalue
-    assert a.core_p == pytest.approx(expected_p) and expected_p > stats.ALPHA
+    assert a.core_p == pytest.approx(expected_p) and expected_p > referee.ALPHA
     assert not a.qualifies and a.verdict.startswith("mean CORE not above")
 
 
 def test_first_entry_of_a_track_is_judged_on_core_alone():
-    a = stats.assess(NEW_TIMES, GOOD_CORES, [0.718] * 5, TARGET)
+    a = referee.assess(NEW_TIMES, GOOD_CORES, [0.718] * 5, TARGET)
     assert a.qualifies and a.beats_record and a.vs_record is None
     assert a.time_h.mean == pytest.approx(np.mean(NEW_TIMES) / 3600)
 
 
 def test_a_significantly_faster_entry_beats_the_record_with_its_speedup():
-    a = stats.assess(NEW_TIMES, GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
+    a = referee.assess(NEW_TIMES, GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
     assert a.beats_record
     assert a.vs_record.ratio == pytest.approx(np.mean(RECORD_TIMES) / np.mean(NEW_TIMES))
 
@@ -171,19 +172,19 @@ def test_a_significantly_faster_entry_beats_the_record_with_its_speedup():
 def test_a_faster_entry_inside_the_margin_does_not_beat_the_record():
     # 0.5% faster: significant with this little noise, but under the 1% margin for node-to-node differences.
     times = [t * 0.995 for t in RECORD_TIMES[:5]]
-    a = stats.assess(times, GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
-    assert a.vs_record.p_greater < stats.ALPHA
+    a = referee.assess(times, GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
+    assert a.vs_record.p_greater < referee.ALPHA
     assert a.qualifies and not a.beats_record and "margin" in a.verdict
 
 
 def test_an_entry_no_faster_than_the_record_does_not_beat_it():
-    a = stats.assess(RECORD_TIMES[:5], GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
+    a = referee.assess(RECORD_TIMES[:5], GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
     assert not a.beats_record and a.verdict.startswith("not faster than the record")
 
 
 def test_an_entry_missing_a_training_time_is_summarised_without_it_and_does_not_qualify():
-    a = stats.assess([*NEW_TIMES[:4], None], GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
+    a = referee.assess([*NEW_TIMES[:4], None], GOOD_CORES, [0.718] * 5, TARGET, record_times_s=RECORD_TIMES)
     assert not a.qualifies and not a.beats_record
     assert a.verdict == "training time missing in 1 of 5 runs"
     assert a.time_h.n == 4 and a.time_h.mean == pytest.approx(np.mean(NEW_TIMES[:4]) / 3600)
-    assert stats.assess([None, None], [None, None], [None, None], TARGET).time_h is None
+    assert referee.assess([None, None], [None, None], [None, None], TARGET).time_h is None

@@ -5,38 +5,38 @@
 
 Run it by hand on any text file (a tokenizer is trained on the file first):
 
-    python -m baselines.nanochat.tinytrain some.txt --depth 2 --steps 30 [--submission baselines/gpt2]
+    PYTHONPATH=tests python -m helpers_tinytrain some.txt --depth 2 --steps 30 [--submission baselines/gpt2]
 
 It calls the hooks in the harness's order (select_dataset, build_model, plan_training, build_optimizer,
-build_schedule), then per step: forward/backward over the micro-batches (DDP with ``no_sync`` on all but the
-last when torch.distributed is initialised), ``schedule(step)``, ``optimizer.step()``, ``zero_grad``. It has
-no clock, no evals and no record; the harness owns those.
+build_schedule), then per step: forward/backward over the micro-batches, ``schedule(step)``, and the
+optimizer step through the harness's sharding (``harness.sharding.Sharding``: with several ranks the gradients
+are reduce-scattered, each rank steps the parameters it owns and the weights are all-gathered). It has no
+clock, no evals and no record; the harness owns those.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
 import pluggy
 import torch
 import torch.distributed as dist
 
+from baselines.nanochat import submission as baseline
 from harness import hookspecs
 from harness.hookspecs import Plan, Run
+from harness.sharding import Sharding
+from harness.tokenizer import train_tokenizer
 
 
 def lambada_tokens(bundle_dir: str | Path, vocab_size: int = 1024, chars: int = 400_000):
     """English text for quick training checks: LAMBADA passages (fiction) from the CORE eval bundle, tokenized
     with a BPE trained on them. Returns (tokenizer, tokens, unigram entropy of the tokens in nats)."""
-    import json
-
-    from harness.tokenizer import train_tokenizer
-
     path = Path(bundle_dir) / "eval_data" / "language_understanding" / "lambada_openai.jsonl"
     rows = [json.loads(line) for line in path.open()]
     text = "\n\n".join(f"{r['context']} {r['continuation']}" for r in rows)[:chars]
@@ -87,33 +87,26 @@ def train(pm: pluggy.PluginManager, run: Run, tokens: torch.Tensor) -> list[floa
     plan = hook.plan_training(model=model, run=run)
     optimizer = hook.build_optimizer(model=model, plan=plan, run=run)
     schedule = hook.build_schedule(optimizer=optimizer, plan=plan, run=run)
-    wrapped = model
-    if run.world_size > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    sharding = Sharding(model, optimizer, run.world_size, run.rank)
     accum = plan.grad_accum_steps(run.world_size)
     losses = []
     for step in range(plan.num_steps):
+        sharding.zero_grad()
         total = torch.zeros((), device=run.device)
-        for micro, (x, y) in enumerate(batches(tokens, plan, run, step)):
-            last = micro == accum - 1
-            sync = nullcontext() if last or run.world_size == 1 else wrapped.no_sync()
-            with sync:
-                loss = wrapped(x, y) / accum
-                loss.backward()
+        for x, y in batches(tokens, plan, run, step):
+            loss = model(x, y) / accum
+            loss.backward()
             total += loss.detach()
         if run.world_size > 1:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+            dist.all_reduce(total)
+            total /= run.world_size  # gloo has no AVG
         schedule(step)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        sharding.step()
         losses.append(total.item())
     return losses
 
 
 def main(argv: list[str] | None = None) -> None:
-    from baselines.nanochat import submission as baseline
-    from harness.tokenizer import train_tokenizer
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("text", help="a UTF-8 text file to train on")
     parser.add_argument("--submission", help="a submission folder to register after the baseline")

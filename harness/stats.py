@@ -1,15 +1,14 @@
-"""The leaderboard's statistics engine: the only place a mean, an interval, a p-value or a verdict is computed.
+"""The statistics engine: the only place a mean, an interval or a p-value is computed.
 
     s = summarize([0.261, 0.255, 0.266])            # Summary(n, mean, sd, ci_low, ci_high), 95% t-interval
     t, p = one_sample_greater(cores, 0.256525)       # one-sided one-sample t-test: mean > threshold
     c = compare_samples(record_times, new_times)     # Welch: diff, its CI, two-sided p, ratio with Fieller CI
-    a = assess(times_s, cores, val_bpbs, target=0.256525, record_times_s=...)   # the acceptance rule
 
 Distributions come from scipy (``scipy.stats.t``); this module only assembles the textbook statistics from
 them, so that every number on the board is computed one way. ``harness.compare`` (an A/B comparison of two
 submissions) uses ``compare_samples`` for any metric.
 
-The acceptance rule (MIN_RUNS, ALPHA, MIN_SPEEDUP) is written and justified in ``leaderboard/README.md``.
+The acceptance rule that uses them (``assess``) is the referee's, in ``harness/referee.py``.
 """
 
 from __future__ import annotations
@@ -23,10 +22,6 @@ from scipy import optimize
 from scipy import stats as sps
 
 CONFIDENCE = 0.95
-# The acceptance rule; leaderboard/README.md ("Acceptance rule") gives the reasons for each number.
-MIN_RUNS = 5  # runs (distinct seeds) an entry needs before it can be judged
-ALPHA = 0.05  # significance level of both one-sided tests (CORE above target, time below record)
-MIN_SPEEDUP = 1.01  # mean time must be at least 1% below the record's: node-to-node spread exceeds run noise
 
 NAN = float("nan")
 
@@ -92,7 +87,8 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summar
 def one_sample_greater(values: Sequence[float], threshold: float) -> tuple[float, float]:
     """One-sided one-sample t-test of H1: mean > threshold. Returns (t, p); NaN for fewer than 2 values.
 
-    The modded-nanogpt record test, turned around (they test mean loss below a target).
+    The modded-nanogpt record test, turned around: they test mean loss below a target
+    (docs/spec/benchmark-practice.md, modded-nanogpt).
     """
     arr = _values(values, "one_sample_greater")
     if arr.size < 2:
@@ -164,81 +160,6 @@ def _fieller(
                 return NAN, NAN
         ends.append(optimize.brentq(excess, inner, outer, xtol=1e-14, rtol=1e-12))
     return ends[0], ends[1]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The acceptance rule (leaderboard/README.md)
-
-
-@dataclass(frozen=True)
-class Assessment:
-    """Everything the board shows about one entry, and its verdict under the acceptance rule.
-
-    time_h, core and val_bpb summarise the runs that have the value (a missing time, CORE or val_bpb is left
-    out, so n can differ per metric; None when no run has it). vs_record compares the record's times (a) with
-    this entry's (b), so its ratio is the speedup and p_greater the one-sided p-value that this entry is faster.
-    """
-
-    time_h: Summary | None
-    core: Summary | None
-    val_bpb: Summary | None
-    core_t: float
-    core_p: float
-    vs_record: Comparison | None
-    qualifies: bool  # meets the CORE part of the rule (enough runs, mean CORE significantly above target)
-    beats_record: bool  # qualifies and is significantly and sufficiently faster than the record it was judged against
-    verdict: str  # short human reason, for the status column
-
-
-def assess(
-    times_s: Sequence[float | None],
-    cores: Sequence[float | None],
-    val_bpbs: Sequence[float | None],
-    target: float,
-    record_times_s: Sequence[float] | None = None,
-) -> Assessment:
-    """Apply the acceptance rule to one entry's runs (one value per run in each sequence; None: missing).
-
-    record_times_s: training times of the record in force when this entry was filed; None for the first entry
-    of a track, which then only has to clear the CORE part of the rule. A run missing its time or its CORE
-    keeps the entry from qualifying.
-    """
-    present_time = [t for t in times_s if t is not None]
-    present_core = [c for c in cores if c is not None]
-    present_bpb = [v for v in val_bpbs if v is not None]
-    time_h = summarize([t / 3600 for t in present_time]) if present_time else None
-    core = summarize(present_core) if present_core else None
-    val_bpb = summarize(present_bpb) if present_bpb else None
-    core_t, core_p = one_sample_greater(present_core, target) if present_core else (NAN, NAN)
-    compared = record_times_s is not None and present_time
-    vs_record = compare_samples(record_times_s, present_time) if compared else None
-
-    n = len(times_s)
-    if n < MIN_RUNS:
-        verdict, qualifies = f"needs {MIN_RUNS} runs, has {n}", False
-    elif len(present_time) < n:
-        verdict, qualifies = f"training time missing in {n - len(present_time)} of {n} runs", False
-    elif len(present_core) < n:
-        verdict, qualifies = f"CORE missing in {n - len(present_core)} of {n} runs", False
-    elif not core_p < ALPHA:
-        verdict, qualifies = f"mean CORE not above {target} (p={_p(core_p)})", False
-    else:
-        verdict, qualifies = "", True
-    beats = False
-    if qualifies:
-        if vs_record is None:
-            beats, verdict = True, "first record of the track"
-        elif not vs_record.p_greater < ALPHA:
-            verdict = f"not faster than the record (p={_p(vs_record.p_greater)})"
-        elif not vs_record.ratio >= MIN_SPEEDUP:
-            verdict = f"speedup {vs_record.ratio:.4f} below the {MIN_SPEEDUP} margin"
-        else:
-            beats, verdict = True, f"faster than the record ({vs_record.ratio:.3f}x, p={_p(vs_record.p_greater)})"
-    return Assessment(time_h, core, val_bpb, core_t, core_p, vs_record, qualifies, beats, verdict)
-
-
-def _p(p: float) -> str:
-    return "n/a" if math.isnan(p) else f"{p:.2g}"
 
 
 def task_means(per_run: Sequence[dict[str, float]]) -> dict[str, Summary]:

@@ -1,0 +1,178 @@
+"""The record track's committed pins (``leaderboard/track.json``) and a record's data, tokenizer and eval bundle
+checked against them.
+
+    pins = read_pins(root)                      # {"data": {...}, "tokenizer": {...}, "eval_bundle": {...}}
+    problem = data_problem(record, pins["data"])     # "" when the record's data is the pinned data
+
+The pins are written by hand, in a reviewed commit, from the project's own manifests: the climbmix catalog
+(``harness/catalog/climbmix.json``: the shards' sha256), the tokenizer's parameters (``harness/tokenizer.py``, the
+record profile's vocabulary) and its digest once it is trained, and the CORE bundle's manifest
+(``evals/manifest.json``). ``tests/test_leaderboard_pins.py`` checks that they still agree with those files. A pin
+that is not complete yet (a shard, the tokenizer or a bundle file without a digest) makes ``add`` refuse every
+record-track run, saying what is missing: the first entry never pins anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+SECTIONS = ("data", "tokenizer", "eval_bundle")
+TRACK_FILE = "track.json"
+# What each pin must hold for the checks below to read it (type of each field).
+PIN_FIELDS = {
+    "data": {"dataset": str, "filename": str, "num_shards": int, "val_shard": int, "digests": dict},
+    "tokenizer": {"vocab_size": int, "split_pattern": str, "special_tokens": list, "recipe": dict},
+    "eval_bundle": {"labels": list, "files": dict},
+}
+
+
+class PinError(Exception):
+    """track.json is missing or malformed; the message names the file and the fix."""
+
+
+def read_pins(root: Path) -> dict[str, dict]:
+    """The record track's pins from ``root/track.json``, checked for the fields the checks read."""
+    path = Path(root) / TRACK_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PinError(f"{path} is missing; restore it from git (it pins the record track's data)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PinError(f"{path}: cannot read it ({e}); restore it from git") from None
+    pins = doc.get("record", {}).get("pins") if isinstance(doc, dict) and isinstance(doc.get("record"), dict) else None
+    if not isinstance(pins, dict):
+        raise PinError(f"{path}: expected record.pins with {', '.join(SECTIONS)}; restore it from git")
+    for section, fields in PIN_FIELDS.items():
+        pin = pins.get(section)
+        bad = [k for k, kind in fields.items() if not isinstance(pin, dict) or type(pin.get(k)) is not kind]
+        if section == "tokenizer" and isinstance(pin, dict) and not (pin.get("digest") is None or _sha(pin["digest"])):
+            bad.append("digest")
+        if section == "eval_bundle" and isinstance(pin, dict) and isinstance(pin.get("files"), dict):
+            bad += [f"files[{f!r}]" for f, d in pin["files"].items() if not (d is None or _sha(d))]
+        if section == "data" and isinstance(pin, dict) and isinstance(pin.get("digests"), dict):
+            bad += [f"digests[{f!r}]" for f, d in pin["digests"].items() if not _sha(d)]
+        if bad:
+            raise PinError(
+                f"{path}: record.pins.{section} needs {', '.join(bad)} ({pin_help(section)}); restore it from git"
+            )
+    return {section: pins[section] for section in SECTIONS}
+
+
+def pin_help(section: str) -> str:
+    return {
+        "data": "dataset, filename, num_shards, val_shard and digests: shard file -> sha256",
+        "tokenizer": "vocab_size, split_pattern, special_tokens, recipe and digest: a sha256 or null",
+        "eval_bundle": "labels and files: bundle path -> sha256 or null",
+    }[section]
+
+
+def _sha(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _get(record: dict, *keys: str):
+    for key in keys:
+        record = record.get(key) if isinstance(record, dict) else None
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The digests the referee writes, re-derived from their parts (the formulas of harness/data/verify.py and
+# evals/bundle.py; tests/test_leaderboard_pins.py checks both against the real code)
+
+
+def data_digest(dataset: str, shards: dict[str, str], val_name: str) -> str:
+    """The record's ``data.digest`` from the shards it lists: the training shards in order, then the validation
+    shard (harness.data.verify's dataset digest)."""
+    payload = {
+        "name": dataset,
+        "train": [[name, shards[name]] for name in sorted(shards) if name != val_name],
+        "val": [val_name, shards[val_name]],
+    }
+    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
+
+
+def bundle_digest(files: dict[str, str]) -> str:
+    """The record's ``eval_bundle.digest`` from the digests of the files the bundle was read from
+    (evals.bundle's bundle digest)."""
+    lines = "".join(f"{rel} {digest}\n" for rel, digest in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A record against the pins: "" when it matches, else every reason, and the fix
+
+
+def data_problem(record: dict, pin: dict) -> str:
+    data = record.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("digest"), str):
+        return "the record has no data digest (the run stopped during setup); re-run it"
+    if data.get("pinned") is not True:
+        return "the data is not pinned (data.pinned is false); run on the pinned dataset"
+    if data.get("dataset") != pin["dataset"]:
+        return f"dataset {data.get('dataset')!r}, but the record track is pinned to {pin['dataset']!r}"
+    if not pin["digests"]:
+        return (
+            f"the record track pins no {pin['dataset']} shard digest yet ({pin.get('from', 'the catalog')} commits "
+            f"none): until a maintainer commits them (python -m harness.data pin {pin['dataset']}, then into "
+            "leaderboard/track.json) no record-track entry can be filed"
+        )
+    shards = data.get("shards")
+    val_name = pin["filename"].format(index=pin["val_shard"])
+    if not isinstance(shards, dict) or val_name not in shards:
+        return f"the record lists no digest of the validation shard {val_name} (data.shards); re-run it"
+    problems = []
+    unpinned = sorted(name for name in shards if name not in pin["digests"])
+    if unpinned:
+        problems.append(f"shards without a pinned digest: {', '.join(unpinned[:5])}" + (" ..." * (len(unpinned) > 5)))
+    differ = sorted(name for name in shards if name in pin["digests"] and shards[name] != pin["digests"][name])
+    if differ:
+        problems.append(f"shards whose sha256 differs from the pinned one: {', '.join(differ[:5])}")
+    if not problems and data["digest"] != data_digest(data["dataset"], shards, val_name):
+        problems.append("data.digest is not the digest of the shards the record lists: the record was edited")
+    return "; ".join(problems) + ("; run on the track's data (leaderboard/track.json)" if problems else "")
+
+
+def tokenizer_problem(record: dict, pin: dict) -> str:
+    tokenizer = record.get("tokenizer")
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("digest"), str):
+        return "the record has no tokenizer digest (the run stopped during setup); re-run it"
+    if tokenizer.get("vocab_size") != pin["vocab_size"]:
+        return f"vocabulary {tokenizer.get('vocab_size')}, but the record track's tokenizer has {pin['vocab_size']}"
+    if pin.get("digest") is None:
+        return (
+            "the record track has no tokenizer digest yet: the first real tokenizer (the recipe in "
+            "leaderboard/track.json) has not been trained; until a maintainer commits its digest there, no "
+            "record-track entry can be filed"
+        )
+    if tokenizer["digest"] != pin["digest"]:
+        return (
+            f"tokenizer digest {tokenizer['digest'][:12]}... differs from the track's {pin['digest'][:12]}... "
+            "(leaderboard/track.json); train it with the track's recipe on the track's data"
+        )
+    return ""
+
+
+def bundle_problem(record: dict, pin: dict) -> str:
+    digest = _get(record, "eval_bundle", "digest")
+    if not isinstance(digest, str):
+        return "the record has no eval bundle digest (run with CORE on the full bundle)"
+    unknown = sorted(Path(rel).name for rel, d in pin["files"].items() if d is None)
+    if unknown:
+        return (
+            f"the record track's eval bundle pin has no digest for {', '.join(unknown)} "
+            f"({pin.get('from', 'the bundle')} was computed from a partial copy): until a maintainer commits them "
+            "into leaderboard/track.json, no record-track entry can be filed"
+        )
+    expected = bundle_digest(pin["files"])
+    if digest != expected:
+        return (
+            f"eval bundle digest {digest[:12]}... differs from the track's full bundle {expected[:12]}... "
+            "(leaderboard/track.json); run with the full CORE bundle"
+        )
+    return ""
+
+
+PROBLEMS = {"data": data_problem, "tokenizer": tokenizer_problem, "eval_bundle": bundle_problem}
