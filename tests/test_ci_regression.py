@@ -149,6 +149,7 @@ def test_copy_three_times_slower_per_step_that_plans_fewer_steps_fails(tiny_base
         assert "did not reach the target within the cap" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_target_the_reference_no_longer_reaches_is_an_error_that_says_to_measure_again(tiny_baseline, env, tmp_path):
     data = json.loads(tiny_baseline.read_text())
     data["target"]["val_bpb"] = 0.5  # far below anything a 6-step run reaches

@@ -70,6 +70,7 @@ def test_two_processes_agree_with_one_at_the_same_global_batch(one_and_two):
     assert one["data"]["stream_digest"] != two["data"]["stream_digest"]  # different documents per step, as stated
 
 
+@pytest.mark.slow
 def test_replay_reproduces_a_smoke_records_steps_tokens_and_data_stream(one_and_two, tmp_path, harness_env):
     one, _ = one_and_two
     report = tmp_path / "replay.json"
@@ -83,6 +84,7 @@ def test_replay_reproduces_a_smoke_records_steps_tokens_and_data_stream(one_and_
     assert "replay reproduces the record" in proc.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_matches_the_run_that_never_stopped(
     one_and_two, tmp_path, harness_env
 ):

@@ -27,7 +27,10 @@ def run(args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, record
 
 
-@pytest.mark.parametrize("recipe", ["baselines/nanochat", "gpt2", "submissions/climbmix"])
+@pytest.mark.parametrize(
+    "recipe",
+    [pytest.param("baselines/nanochat", marks=pytest.mark.slow), "gpt2", pytest.param("submissions/climbmix", marks=pytest.mark.slow)],
+)
 def test_every_recipe_in_the_repository_trains_and_is_evaluated_through_core(recipe, tmp_path, harness_env):
     proc, record = run([recipe, "--out", str(tmp_path / "out"), *TINY], harness_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,6 +38,7 @@ def test_every_recipe_in_the_repository_trains_and_is_evaluated_through_core(rec
     assert len(record["metrics"]["core_tasks"]) == 18  # every task of the shared bundle, long prompts included
 
 
+@pytest.mark.slow
 def test_the_contract_docs_from_scratch_submission_trains_and_is_evaluated(tmp_path, harness_env):
     text = (REPO / "docs" / "contract.md").read_text()
     code = re.search(r"## A complete submission that uses no baseline code.*?```python\n(.*?)```", text, re.S)

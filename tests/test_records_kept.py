@@ -74,6 +74,7 @@ def eval_process(referee: int) -> int:
 # ---- a finished record is never replaced, and a resume continues the run it names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoints", [False, True])
 def test_resuming_a_finished_run_is_refused_and_its_record_is_untouched(checkpoints, tmp_path, harness_env):
     out = tmp_path / "out"
@@ -120,12 +121,14 @@ def test_a_resume_that_contradicts_the_run_is_refused_naming_each_difference(
     assert (out / "record.json").read_bytes() == before and len(record_files(out)) == 1
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_submission_is_refused_naming_it(interrupted_run, tmp_path, harness_env):
     out = copy_run(interrupted_run, tmp_path / "out")
     proc = harness(["baselines/nanochat", "--out", str(out), "--resume"], harness_env)
     assert proc.returncode == 2 and "submission baselines/nanochat (the run used submissions/climbmix)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_resume_with_only_out_continues_with_the_runs_own_arguments_beside_the_old_record(
     interrupted_run, tmp_path, harness_env
 ):
@@ -145,6 +148,7 @@ def test_a_resume_with_only_out_continues_with_the_runs_own_arguments_beside_the
 # ---- the final evals: signals, a killed eval process, and the resume that re-runs only them
 
 
+@pytest.mark.slow
 def test_two_sigterms_during_the_final_evals_leave_a_record_and_a_resume_runs_only_the_evals(tmp_path, harness_env):
     out = tmp_path / "out"
     proc = start(["submissions/climbmix", "--out", str(out), *QUICK, "--max-per-task", "2"], harness_env)
@@ -170,6 +174,7 @@ def test_two_sigterms_during_the_final_evals_leave_a_record_and_a_resume_runs_on
     assert resumed["metrics"]["val_bpb"] > 0 and resumed["metrics"]["core_partial"] is not None
 
 
+@pytest.mark.slow
 def test_a_killed_eval_process_is_named_and_the_evals_can_be_run_again(tmp_path, harness_env):
     out = tmp_path / "out"
     proc = start(["submissions/climbmix", "--out", str(out), *QUICK, "--max-per-task", "2"], harness_env)
@@ -219,6 +224,7 @@ def test_a_hook_that_exits_the_process_fails_the_run_with_a_record_naming_it(cal
 # ---- numbers that are not numbers, and a disk that is full
 
 
+@pytest.mark.slow
 def test_a_model_whose_logits_are_nan_gives_strict_json_with_null_and_a_note(tmp_path, harness_env):
     folder = write_submission(
         tmp_path / "nan_eval",

@@ -179,7 +179,8 @@ CLOCK_ATTACKS = {
 }
 
 
-@pytest.mark.parametrize("attack", sorted(CLOCK_ATTACKS))
+# One attack in the fast tier; the other (the same check, another way in) with the slow tests.
+@pytest.mark.parametrize("attack", ["perf_counter", pytest.param("training_time_property", marks=pytest.mark.slow)])
 def test_a_tampered_worker_clock_fails_the_run_by_the_referees_observation(attack, tmp_path, harness_env):
     folder = write_submission(tmp_path / attack, textwrap.dedent(CLOCK_ATTACKS[attack]))
     record, _ = harness_run([str(folder), "--out", str(tmp_path / "out"), *TIMED], harness_env)
@@ -192,6 +193,7 @@ def test_a_tampered_worker_clock_fails_the_run_by_the_referees_observation(attac
         assert "its own steps add up to" in message
 
 
+@pytest.mark.slow
 def test_patching_monotonic_and_synchronize_in_the_worker_changes_no_reported_time(tmp_path, harness_env):
     folder = write_submission(
         tmp_path / "clocks",
@@ -212,6 +214,7 @@ def test_patching_monotonic_and_synchronize_in_the_worker_changes_no_reported_ti
 # ---- untimed work is bounded
 
 
+@pytest.mark.slow
 def test_training_inside_build_model_and_log_metrics_is_over_budget_and_not_eligible(tmp_path, harness_env):
     folder = write_submission(
         tmp_path / "untimed",
@@ -294,6 +297,7 @@ def test_weights_trained_during_warmup_and_loaded_at_step_zero_fail_the_warmup_p
     assert record["warmup"]["first_step_loss"] < record["warmup"]["first_loss"] - 0.5
 
 
+@pytest.mark.slow
 def test_a_background_thread_training_the_model_fails_the_warmup_proof(tmp_path, harness_env):
     # The thread trains the live model from build on. Between the warm-up restore and the first timed step its
     # updates change the weights, which the restore check or the first step's loss shows; after that, it could
@@ -332,6 +336,7 @@ def test_a_background_thread_training_the_model_fails_the_warmup_proof(tmp_path,
 # ---- the files the referee relies on: the evaluation data is never read, the installation never changed
 
 
+@pytest.mark.slow
 def test_reading_the_evaluation_data_or_planting_a_startup_hook_fails_the_run(tmp_path, harness_env, eval_bundle_dir):
     planted = Path(site.getsitepackages()[0]) / f"zz_speedrun_isolation_{os.getpid()}.pth"
     folder = write_submission(
@@ -367,6 +372,7 @@ def test_reading_the_evaluation_data_or_planting_a_startup_hook_fails_the_run(tm
 # ---- provenance: what ran is what the record says
 
 
+@pytest.mark.slow
 def test_an_uncommitted_baseline_edit_makes_the_run_ineligible_and_is_embedded(tmp_path, harness_env):
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split()  # fmt: skip

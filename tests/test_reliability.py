@@ -215,6 +215,7 @@ HANGS_AT_STEP_2 = """
     """
 
 
+@pytest.mark.slow
 def test_a_hook_that_never_returns_is_declared_hung_and_the_run_fails_naming_it(tmp_path, harness_env):
     folder = write_submission(tmp_path / "hangs", HANGS_AT_STEP_2)
     out = tmp_path / "out"
@@ -227,6 +228,7 @@ def test_a_hook_that_never_returns_is_declared_hung_and_the_run_fails_naming_it(
     assert time.monotonic() - began < 150  # the cpu profile's limit is 30 s without progress
 
 
+@pytest.mark.slow
 def test_a_stop_signal_to_a_hung_run_ends_it_after_the_grace_period_with_a_record(tmp_path, harness_env):
     folder = write_submission(tmp_path / "hangs", HANGS_AT_STEP_2)
     out = tmp_path / "out"
@@ -275,6 +277,7 @@ def test_a_model_that_cannot_be_exported_fails_before_any_training(tmp_path, har
 # ---- interruption
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp_path, harness_env):
     out = tmp_path / "out"
     args = ["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "12"]
@@ -316,6 +319,7 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
     assert [loss for _, loss in record["loss_curve"]] == pytest.approx(curve, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_no_record_or_checkpoint_that_later_code_trusts(tmp_path, harness_env):
     out = tmp_path / "out"
     args = ["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "14"]
@@ -357,6 +361,7 @@ def test_full_disk_is_detected_before_training_starts(tmp_path, harness_env):
     assert not (out / "events.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_directory_is_refused_while_the_first_runs(tmp_path, harness_env):
     out = tmp_path / "out"
     first = start(["submissions/climbmix", "--out", str(out), *LONG, "--max-steps", "200"], harness_env)
@@ -373,6 +378,7 @@ def test_a_second_run_into_the_same_directory_is_refused_while_the_first_runs(tm
 # ---- tampering: a submission that modifies the bundle or the data never gets a result (more: test_referee_isolation)
 
 
+@pytest.mark.slow
 def test_editing_the_data_cache_during_a_run_fails_the_run(tmp_path, harness_env, session_cache):
     cache = tmp_path / "cache"
     shutil.copytree(session_cache, cache)  # a private copy: this test damages it
@@ -425,6 +431,7 @@ def test_editing_the_eval_bundle_during_a_run_fails_the_run(tmp_path, harness_en
     assert record["status"] == "failed" and "copa.jsonl" in record["error"]["message"]
 
 
+@pytest.mark.slow
 def test_every_record_the_harness_writes_validates_against_the_schema(tmp_path, harness_env):
     out = tmp_path / "out"
     os.makedirs(out)

@@ -132,6 +132,7 @@ def test_evaluate_command_names_a_missing_validation_file(climbmix_run, harness_
     assert str(missing) in proc.stderr and "validation shard" in proc.stderr
 
 
+@pytest.mark.slow
 def test_only_build_optimizer_submission_runs_and_is_recorded_as_its_only_override(tmp_path, harness_env):
     folder = write_submission(
         tmp_path / "only_opt",
@@ -152,6 +153,7 @@ def test_only_build_optimizer_submission_runs_and_is_recorded_as_its_only_overri
     assert record["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_observers_see_every_step_and_the_final_record_and_train_step_can_be_replaced(tmp_path, harness_env):
     log = tmp_path / "observed.jsonl"
     folder = write_submission(
@@ -199,6 +201,7 @@ def test_observers_see_every_step_and_the_final_record_and_train_step_can_be_rep
     assert record["data"]["selected"] == "fineweb-edu" and record["data"]["dataset"] == "smoke"
 
 
+@pytest.mark.slow
 def test_time_inside_a_slow_eval_is_excluded_from_training_time(tmp_path, harness_env):
     folder = write_submission(
         tmp_path / "slow_eval",
@@ -247,6 +250,7 @@ def test_auto_profile_resolves_to_cpu_without_a_gpu():
     assert resolve_profile("auto").name == "cpu"
 
 
+@pytest.mark.slow
 def test_wandb_logs_offline_by_default_and_the_run_finishes(tmp_path, harness_env):
     env = {k: v for k, v in harness_env.items() if k != "WANDB_MODE"}  # the harness must pick offline itself
     env["WANDB_DIR"] = str(tmp_path)
@@ -270,6 +274,7 @@ def test_the_referee_judges_the_record_as_written_and_judges_hand_edits_again(cl
     assert "the run did not finish (status failed)" in judge({**record, "status": "failed"}).reasons
 
 
+@pytest.mark.slow
 def test_a_submission_planning_another_seq_len_is_evaluated_on_the_same_validation_tokens(
     climbmix_run, tmp_path, harness_env
 ):
