@@ -1,10 +1,10 @@
 """harness.ci: time to a val_bpb target, the reference and the candidate interleaved, the verdict by a paired test.
 
-    pytest tests/test_ci_regression.py              # about 3 minutes on 2 busy cores: 5-7 short harness runs
-    pytest tests/test_ci_regression.py -m slow      # the issue's acceptance checks on the real CPU proxy (30+ min)
+    pytest tests/test_ci_regression.py              # seconds: the rule and the arithmetic, a missing baseline
+    pytest tests/test_ci_regression.py -m slow      # real checks: the tiny proxy (3 min), the CPU proxy (30+ min)
 
-The rule and the time-to-target arithmetic are tested on hand-made numbers. Then real `python -m harness.ci`
-subprocesses on a tiny proxy (d2, 6-step plan, target at step 3, one stored repetition): the baseline stores the
+The rule and the time-to-target arithmetic are tested on hand-made numbers (CI's tier). The slow tier runs real
+`python -m harness.ci` subprocesses, first on a tiny proxy (d2, 6-step plan, target at step 3, one stored repetition): the baseline stores the
 reference's sources, target and times; a check stops each run at the target; a copy 3x slower per step that plans
 fewer steps fails; a target the reference no longer reaches, a missing or old baseline, and drift tracking on other
 hardware are errors or reports, not verdicts. The slow tests run the full CPU check (d2, 30-step plan, 3-5 pairs)
@@ -105,6 +105,7 @@ def tiny_baseline(tmp_path_factory, env) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_baseline_stores_the_reference_sources_its_target_and_its_time_to_it(tiny_baseline):
     data = json.loads(tiny_baseline.read_text())
     assert data["reference"]["name"] == "climbmix"
@@ -124,6 +125,7 @@ def test_baseline_stores_the_reference_sources_its_target_and_its_time_to_it(tin
     assert first == 0 and rep["steps_to_target"] == 3.0 and rep["time_to_target_s"] == pytest.approx(sum(seconds[:3]))
 
 
+@pytest.mark.slow
 def test_copy_three_times_slower_per_step_that_plans_fewer_steps_fails(tiny_baseline, env, tmp_path):
     slow = variant(tmp_path, "slower_3x_fewer_steps")
     out = tmp_path / "ci"
@@ -161,6 +163,7 @@ def test_a_target_the_reference_no_longer_reaches_is_an_error_that_says_to_measu
     assert "--update-baseline" in proc.stderr
 
 
+@pytest.mark.slow
 def test_drift_against_a_baseline_from_other_hardware_is_reported_and_not_compared(tiny_baseline, env, tmp_path):
     data = json.loads(tiny_baseline.read_text())
     data["machine"]["device"] = "Some Other CPU"

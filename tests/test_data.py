@@ -215,6 +215,7 @@ def test_a_run_on_a_smoke_shard_with_a_corrupt_byte_fails_naming_the_shard_and_t
     assert victim.read_bytes() == damaged  # the user's file is left for them to look at
 
 
+@pytest.mark.slow
 def test_a_run_on_a_read_only_data_dir_holding_verified_smoke_data_just_works(smoke, session_cache, tmp_path):
     shutil.copytree(smoke.val_file.parent, tmp_path / "data" / "smoke", ignore=shutil.ignore_patterns("*.lock"))
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*"))

@@ -259,7 +259,8 @@ def smoke_run(tokenizer, depth_: int = 2) -> Run:
                max_steps=30, max_batch_tokens=8192)  # fmt: skip
 
 
-@pytest.mark.parametrize("submission", [pytest.param("baselines/nanochat", marks=pytest.mark.slow), "submissions/climbmix"])
+@pytest.mark.slow
+@pytest.mark.parametrize("submission", ["baselines/nanochat", "submissions/climbmix"])
 def test_training_on_english_drives_the_loss_below_the_unigram_entropy(english, submission):
     tokenizer, tokens, unigram_entropy = english
     pm = load_submission(submission).pm

@@ -29,7 +29,11 @@ def run(args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, dict]:
 
 @pytest.mark.parametrize(
     "recipe",
-    [pytest.param("baselines/nanochat", marks=pytest.mark.slow), "gpt2", pytest.param("submissions/climbmix", marks=pytest.mark.slow)],
+    [
+        pytest.param("baselines/nanochat", marks=pytest.mark.slow),
+        "gpt2",
+        pytest.param("submissions/climbmix", marks=pytest.mark.slow),
+    ],
 )
 def test_every_recipe_in_the_repository_trains_and_is_evaluated_through_core(recipe, tmp_path, harness_env):
     proc, record = run([recipe, "--out", str(tmp_path / "out"), *TINY], harness_env)

@@ -257,6 +257,7 @@ def test_a_model_whose_logits_are_nan_gives_strict_json_with_null_and_a_note(tmp
 
 @pytest.mark.skipif(subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0,
                     reason="needs unprivileged user and mount namespaces for a small tmpfs")  # fmt: skip
+@pytest.mark.slow
 def test_a_full_disk_ends_with_the_record_written_elsewhere_and_the_space_it_needed(tmp_path, harness_env):
     disk = tmp_path / "disk"
     disk.mkdir()
