@@ -471,13 +471,11 @@ class Referee:
         config, record, profile = self.config, self.record, self.profile
         out = config.out
 
-        # ---- eval bundle first: a missing bundle fails before any long work
-        bundle = resolve_bundle(config.eval_bundle) if config.core else None
         folder = locate_submission(config.submission)
         record["submission"] = describe_folder(folder, None if Path(config.submission).exists() else config.submission)
         before = previous_record(out) if config.resume else None
         if before is not None and before.get("program") and before["steps_completed"] == before["plan"]["num_steps"]:
-            return self.evals_only(before, bundle, signals)
+            return self.evals_only(before, resolve_bundle(config.eval_bundle) if config.core else None, signals)
 
         # ---- the submission's dataset choice, from a short-lived worker (the referee never imports it)
         self.enter("probe")
@@ -492,8 +490,11 @@ class Referee:
         if "memory" in self.reports:  # the plan's estimated peak per GPU (harness/memory.py), checked before data
             record["memory"] = {k: self.reports["memory"][k] for k in ("allocated", "required", "capacity")}
 
-        # ---- data and tokenizer, verified against their digests; the held-out rows of the in-training val_bpb
+        # ---- the eval bundle, after the submission's own mistakes (the probe) and before any long work
         self.enter("setup")
+        bundle = resolve_bundle(config.eval_bundle) if config.core else None
+
+        # ---- data and tokenizer, verified against their digests; the held-out rows of the in-training val_bpb
         dataset_name = selected if selected.startswith("hf:") else (profile.dataset or selected)
         dataset = prepare_dataset(dataset_name, train_shards(config, dataset_name), data_dir=config.data_dir)
         tokenizer = get_tokenizer(dataset, profile.vocab_size)
