@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 model.eval()
                 try:
                     bpb = evaluate_bpb(model, monitor, token_bytes, plan.device_batch, str(place.device))
+                except RunInterrupted:  # a stop signal during the evaluation is the user's, not the model's failure
+                    raise
                 except Exception as exc:  # noqa: BLE001 - the model's forward failed: say whose, where, on what
                     where = implementing_file(submission, exc.__traceback__)
                     raise SubmissionError(
