@@ -3,12 +3,13 @@
     pytest tests/test_ci_regression.py              # seconds: the rule and the arithmetic, a missing baseline
     pytest tests/test_ci_regression.py -m slow      # real checks: the tiny proxy (3 min), the CPU proxy (30+ min)
 
-The rule and the time-to-target arithmetic are tested on hand-made numbers (CI's tier). The slow tier runs real
-`python -m harness.ci` subprocesses, first on a tiny proxy (d2, 6-step plan, target at step 3, one stored repetition): the baseline stores the
-reference's sources, target and times; a check stops each run at the target; a copy 3x slower per step that plans
-fewer steps fails; a target the reference no longer reaches, a missing or old baseline, and drift tracking on other
-hardware are errors or reports, not verdicts. The slow tests run the full CPU check (d2, 30-step plan, 3-5 pairs)
-against the committed leaderboard/ci/cpu.json: the issue's acceptance, measured figures in docs/ci.md.
+The rule and the time-to-target arithmetic are tested on hand-made numbers, and a missing or old baseline is
+refused (CI's tier). The slow tier runs real `python -m harness.ci` subprocesses, first on a tiny proxy (d2,
+6-step plan, target at step 3, one stored repetition): the baseline stores the reference's sources, target and
+times; a check stops each run at the target; a copy 3x slower per step that plans fewer steps fails; a target
+the reference no longer reaches is an error, drift against other hardware a report. Then the full CPU check
+(d2, 30-step plan, 4 pairs) against the committed leaderboard/ci/cpu.json: the issue's acceptance, measured
+figures in docs/ci.md.
 """
 
 from __future__ import annotations
