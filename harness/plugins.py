@@ -22,8 +22,10 @@ import importlib.metadata
 import importlib.util
 import inspect
 import os
+import signal
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -339,6 +341,40 @@ class RunInterrupted(Exception):
     """SIGINT or SIGTERM arrived: the run stops at a step boundary, checkpoints, and records `interrupted`."""
 
     agreed = False  # True when every rank stopped at the same step boundary (StopSignal.raise_if_stopping)
+
+
+class StopSignals:
+    """SIGINT/SIGTERM as RunInterrupted, raised at once; while ``deferring`` (a step, a child process the caller
+    waits for) only noted in ``received``, for the caller to act on at a safe point. The referee and the worker
+    both use it."""
+
+    def __init__(self):
+        self.received: list[str] = []
+        self.deferring = False
+
+    def install(self) -> StopSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received.append(signal.Signals(signum).name)
+        if not self.deferring:
+            raise RunInterrupted(f"received {self.received[-1]}")
+
+    @contextmanager
+    def deferred(self):
+        """Note signals instead of raising them, so that what runs inside is never cut in half."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
+    @staticmethod
+    def uninstall() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

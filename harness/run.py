@@ -42,7 +42,7 @@ from harness.data import get_tokenizer, prepare_dataset
 from harness.evaluate import isolated_command
 from harness.fileio import atomic_write_json, cache_dir, check_free_space, file_lock, sha256_file
 from harness.loader import validation_rows
-from harness.plugins import SubmissionError, describe_folder, locate_submission
+from harness.plugins import RunInterrupted, StopSignals, SubmissionError, describe_folder, locate_submission
 from harness.record import (
     REPO_ROOT,
     harness_digest,
@@ -89,10 +89,6 @@ class UsageError(Exception):
 
 class RunFailed(Exception):
     """The run cannot produce a valid result; the message says what the referee found."""
-
-
-class RunInterrupted(Exception):
-    """SIGINT or SIGTERM reached the referee."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -244,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     events.write("run_start", None, {"submission": config.submission, "profile": profile.name, "argv": argv})
     referee = Referee(config, record, events)
     become_subreaper()  # whatever the worker leaves behind stays ours to find and end
-    signals = Signals().install()
+    signals = StopSignals().install()
 
     # ---- the run itself: every way it can end produces a record
     try:
@@ -387,33 +383,6 @@ def check_out_dir(out: Path, resume: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Signals: the referee stops at once in its own phases, and tells the worker to stop at a step boundary
-
-
-class Signals:
-    """SIGINT/SIGTERM: raise RunInterrupted in the referee's own phases; while a child runs, only note them."""
-
-    def __init__(self):
-        self.received: list[str] = []
-        self.deferring = False
-
-    def install(self) -> Signals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received.append(signal.Signals(signum).name)
-        if not self.deferring:
-            raise RunInterrupted(f"received {self.received[-1]}")
-
-    @staticmethod
-    def uninstall() -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-# ------------------------------------------------------------------------------------------------
 # The referee
 
 
@@ -467,7 +436,7 @@ class Referee:
 
     # -- the run ------------------------------------------------------------------------------------------------
 
-    def run(self, signals: Signals) -> None:
+    def run(self, signals: StopSignals) -> None:
         config, record, profile = self.config, self.record, self.profile
         out = config.out
 
@@ -588,7 +557,7 @@ class Referee:
         if self.wandb is not None:
             self.wandb.run_finished(record)
 
-    def evals_only(self, before: dict, bundle, signals: Signals) -> None:
+    def evals_only(self, before: dict, bundle, signals: StopSignals) -> None:
         """Resume a run whose training finished but whose evals did not (a signal, a killed eval process): the
         referee evaluates the exported program again; the record keeps what the training session recorded."""
         record, out = self.record, self.config.out
@@ -632,7 +601,7 @@ class Referee:
         evals = self.start_evals(program, record["program"]["sha256"], dataset, tokenizer, bundle)
         self.record_evals(self.finish_evals(evals, program, signals), bundle)
 
-    def observe(self, signals: Signals) -> None:
+    def observe(self, signals: StopSignals) -> None:
         """The submission's run_finished observers see a copy of the record, in a worker of their own, before the
         referee writes the record itself: nothing they do to files can change it."""
         loaded = self.reports.get("loaded")
@@ -678,7 +647,7 @@ class Referee:
 
     # -- following a worker ------------------------------------------------------------------------------------
 
-    def follow_worker(self, config_file: Path, signals: Signals, mode: list[str] | None = None) -> None:
+    def follow_worker(self, config_file: Path, signals: StopSignals, mode: list[str] | None = None) -> None:
         """Start a worker and follow it until it exits: the training worker, or with ``mode`` a short one
         (``--probe``: the dataset choice; ``--observe RECORD``: run_finished) whose time counts as one phase.
 
@@ -1002,7 +971,7 @@ class Referee:
         with open(self.eval_stderr, "w") as stderr:
             return subprocess.Popen(isolated_command(args, eval_pycache()), stderr=stderr)
 
-    def finish_evals(self, proc: subprocess.Popen, program: Path, signals: Signals) -> dict:
+    def finish_evals(self, proc: subprocess.Popen, program: Path, signals: StopSignals) -> dict:
         signals.deferring = True
         try:
             while proc.poll() is None:

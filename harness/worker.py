@@ -22,10 +22,8 @@ import hashlib
 import json
 import math
 import os
-import signal
 import sys
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -52,6 +50,7 @@ from harness.loader import TrainLoader
 from harness.memory import check_fits
 from harness.plugins import (
     RunInterrupted,
+    StopSignals,
     Submission,
     SubmissionError,
     call_hook,
@@ -298,36 +297,13 @@ def main(argv: list[str] | None = None) -> int:
 # Stop signals
 
 
-class StopSignal:
-    """Turns SIGINT/SIGTERM into RunInterrupted: at once outside training, at a step boundary inside it.
+class StopSignal(StopSignals):
+    """Stop signals in the worker: at once outside training, at a step boundary inside it.
 
     While ``deferred()`` is active (the training loop), a signal is only noted; the loop calls ``raise_if_stopping``
     after each step is complete and recorded, and with several ranks all of them agree on the answer, so they
     stop at the same step and can save one checkpoint together.
     """
-
-    def __init__(self):
-        self.received: str | None = None
-        self.deferring = False
-
-    def install(self) -> StopSignal:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-        if not self.deferring:
-            raise RunInterrupted(f"received {self.received}")
-
-    @contextmanager
-    def deferred(self):
-        """Note signals instead of raising them, so a step and its bookkeeping are never cut in half."""
-        self.deferring = True
-        try:
-            yield
-        finally:
-            self.deferring = False
 
     def raise_if_stopping(self, agree) -> None:
         """At a step boundary: raise RunInterrupted (agreed) when any rank received a signal.
@@ -335,16 +311,11 @@ class StopSignal:
         ``agree(flag) -> bool`` combines this rank's flag with every other rank's (any of them); every rank must
         call this at the same boundary.
         """
-        if agree(self.received is not None):
-            why = f"received {self.received}" if self.received else "another rank received a stop signal"
+        if agree(bool(self.received)):
+            why = f"received {self.received[0]}" if self.received else "another rank received a stop signal"
             exc = RunInterrupted(why)
             exc.agreed = True
             raise exc
-
-    @staticmethod
-    def uninstall() -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ------------------------------------------------------------------------------------------------
