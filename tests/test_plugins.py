@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers_submissions import write_submission
 
 from harness import hookspecs
 from harness.fileio import sha256_file
@@ -18,12 +19,6 @@ from harness.plugins import SubmissionError, hook_names, load_submission
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-
-
-def write_submission(folder: Path, body: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "submission.py").write_text(textwrap.dedent(body))
-    return folder
 
 
 def test_submission_implementing_only_build_optimizer_lists_exactly_that_override(tmp_path):
@@ -41,7 +36,7 @@ def test_submission_implementing_only_build_optimizer_lists_exactly_that_overrid
     sub = load_submission(str(folder))
     assert sub.overrides == ["build_optimizer"]
     assert sub.name == "only_opt"
-    assert set(sub.files) == {"submission.py"}
+    assert set(sub.files) == {"submission.py", "README.md"}
 
 
 def test_the_submission_answers_before_the_baseline_and_the_baseline_fills_the_rest(tmp_path):
@@ -209,7 +204,9 @@ def test_misspelt_hook_fails_before_any_data_or_model_work(tmp_path):
     assert not (tmp_path / "cache").exists()  # no data was prepared
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "failed" and "unknown hook 'build_optimiser'" in record["error"]["message"]
-    assert record["submission"]["files"] == {"submission.py": sha256_file(folder / "submission.py")}
+    assert record["submission"]["files"] == {
+        name: sha256_file(folder / name) for name in ("submission.py", "README.md")
+    }
     assert "setup" not in record["phases"] and record["steps_completed"] == 0
 
 

@@ -12,11 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from helpers_submissions import write_submission
 
 from harness.record import record_digest_problem, record_files, validate_record
 
@@ -38,12 +38,6 @@ def records(out: Path) -> list[dict]:
     found = [json.loads(path.read_text()) for path in record_files(out)]
     assert all(validate_record(record) == [] for record in found)
     return found
-
-
-def write_submission(folder: Path, body: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "submission.py").write_text(textwrap.dedent(body))
-    return folder
 
 
 def wait_for_event(out: Path, event: str, key: str | None, proc: subprocess.Popen, timeout: float = 300) -> None:

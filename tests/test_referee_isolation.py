@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers_submissions import write_submission
 
 from harness.profiles import PROFILES
 from harness.record import record_digest_problem, validate_record
@@ -27,12 +28,6 @@ from harness.record import record_digest_problem, validate_record
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--profile", "cpu", "--depth", "2", "--max-steps", "3", "--no-core"]
 TIMED = ["--profile", "cpu", "--max-steps", "12", "--no-core"]  # d4: about 10 s of training, well over the 2 s floor
-
-
-def write_submission(folder: Path, body: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "submission.py").write_text(textwrap.dedent(body))
-    return folder
 
 
 def harness_run(args: list[str], env: dict, cwd: Path = REPO, timeout: int = 600) -> tuple[dict, str]:

@@ -13,11 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from helpers_submissions import write_submission
 
 from harness import checkpoint
 from harness.record import validate_record
@@ -25,12 +25,6 @@ from harness.record import validate_record
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--profile", "cpu", "--depth", "2", "--max-steps", "6", "--no-core"]
 LONG = ["--profile", "cpu", "--depth", "2", "--no-core"]  # with --max-steps: runs to interrupt
-
-
-def write_submission(folder: Path, body: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "submission.py").write_text(textwrap.dedent(body))
-    return folder
 
 
 def start(args: list[str], env: dict, **kwargs) -> subprocess.Popen:

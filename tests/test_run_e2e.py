@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from helpers_submissions import write_submission
 
 from harness.clock import read_events
 from harness.data import prepare_dataset
@@ -31,13 +31,6 @@ def harness_run(args: list[str], env: dict, timeout: int = 300) -> subprocess.Co
 
 def load_record(out: Path) -> dict:
     return json.loads((out / "record.json").read_text())
-
-
-def write_submission(folder: Path, body: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "submission.py").write_text(textwrap.dedent(body))
-    (folder / "README.md").write_text("# test submission\n")
-    return folder
 
 
 @pytest.fixture(scope="module")
