@@ -54,7 +54,7 @@ from harness.clock import read_events
 from harness.compare import ALPHA, RunSpec, harness_command, plan_runs
 from harness.fileio import atomic_write_json
 from harness.plugins import SubmissionError, describe_folder, locate_submission
-from harness.record import REPO_ROOT, harness_provenance
+from harness.record import REPO_ROOT, Record, RecordError, harness_provenance
 from harness.replay import materialize_sources
 from harness.stats import one_sample_greater, summarize
 
@@ -240,7 +240,7 @@ def time_to_target(
 
 
 @dataclasses.dataclass(frozen=True)
-class Verdict:
+class Regression:
     """The rule applied to paired reference and candidate times: the outcome, whether it fails, and the numbers."""
 
     outcome: str  # slower | not reached (both fail) | faster | inconclusive | within tolerance
@@ -255,7 +255,7 @@ class Verdict:
     sentence: str
 
 
-def judge(pairs: list[tuple[float, float]], floor: float, unreached: int = 0) -> Verdict:
+def regression_verdict(pairs: list[tuple[float, float]], floor: float, unreached: int = 0) -> Regression:
     """Fail when a candidate run missed the target (``unreached``), or when the candidate is slower by more than
     max(noise, floor) with p < ALPHA.
 
@@ -269,7 +269,7 @@ def judge(pairs: list[tuple[float, float]], floor: float, unreached: int = 0) ->
         runs = "run" if unreached == 1 else "runs"
         sentence = f"did not reach the target within the cap ({CAP:g}x the slowest reference run's time) in "
         sentence += f"{unreached} {runs}"
-        return Verdict("not reached", True, len(logs), ratio, (math.nan,) * 2, math.nan, math.nan, math.nan, floor,
+        return Regression("not reached", True, len(logs), ratio, (math.nan,) * 2, math.nan, math.nan, math.nan, floor,
                        sentence)  # fmt: skip
     if len(logs) < 2:
         raise ValueError(f"the rule needs two pairs at least, got {len(logs)}")
@@ -298,7 +298,7 @@ def judge(pairs: list[tuple[float, float]], floor: float, unreached: int = 0) ->
         outcome, failed = "within tolerance", False
         sentence = f"is not slower beyond the tolerance ({abs(change):.1%} {'slower' if change > 0 else 'faster'}): "
         sentence += numbers
-    return Verdict(outcome, failed, len(logs), ratio, ci, p_slower, p_faster, noise, tolerance, sentence)
+    return Regression(outcome, failed, len(logs), ratio, ci, p_slower, p_faster, noise, tolerance, sentence)
 
 
 def fmt_interval(ci: tuple[float, float]) -> str:
@@ -413,12 +413,14 @@ def execute(spec: RunSpec, command: list[str], env: dict, stop: Stop) -> Attempt
             f"run {spec.out.name} ({spec.submission}) exited with status {code} and wrote no record; its "
             f"log {spec.log} ends with:\n  {tail}"
         )
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    if record["status"] not in ("finished", "interrupted", "diverged"):  # interrupted: stopped here, or by a person
-        message = (record.get("error") or {}).get("message", "no error message")
+    try:
+        record = Record.read(record_path)
+    except RecordError as exc:
+        raise CIError(f"run {spec.out.name} ({spec.submission}): {exc}") from None
+    if record.status not in ("finished", "interrupted", "diverged"):  # interrupted: stopped here, or by a person
+        message = record.error.message if record.error else "no error message"
         raise CIError(
-            f"run {spec.out.name} ({spec.submission}) {record['status']}: {message}. Full output in "
-            f"{spec.log}:\n  {tail}"
+            f"run {spec.out.name} ({spec.submission}) {record.status}: {message}. Full output in {spec.log}:\n  {tail}"
         )
     evals, seconds, first = run_curves(spec.out)
     reached = time_to_target(evals, seconds, first, stop.target) if stop.target is not None else None
@@ -428,9 +430,9 @@ def execute(spec: RunSpec, command: list[str], env: dict, stop: Stop) -> Attempt
         side=spec.side,
         seed=spec.seed,
         run_dir=str(spec.out),
-        status=record["status"],
+        status=record.status,
         stopped=reason,
-        steps_completed=record["steps_completed"],
+        steps_completed=record.steps_completed,
         time_to_target_s=reached[0] if reached else None,
         steps_to_target=reached[1] if reached else None,
         step_time_median_s=statistics.median(seconds) if seconds else None,
@@ -532,7 +534,8 @@ def drift_rows(baseline: dict, today: dict[int, float], here: dict, floor: float
         return {"compared": False, "mismatches": mismatches, "pairs": pairs}
     if len(pairs) < 2:
         return {"compared": False, "mismatches": [], "pairs": pairs, "note": "fewer than 2 seeds on both sides"}
-    return {"compared": True, "mismatches": [], "pairs": pairs, "verdict": dataclasses.asdict(judge(pairs, floor))}
+    verdict = regression_verdict(pairs, floor)
+    return {"compared": True, "mismatches": [], "pairs": pairs, "verdict": dataclasses.asdict(verdict)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -771,7 +774,7 @@ def check(args: argparse.Namespace, profile: profiles.Profile, started: float) -
         reached, done = run_pairs(0, pairs), pairs
         while True:
             pairs_done = paired(seconds_by_seed(attempts, "A"), seconds_by_seed(attempts, "B"))
-            verdict = judge(pairs_done, proxy.floor, unreached=0 if reached else 1)
+            verdict = regression_verdict(pairs_done, proxy.floor, unreached=0 if reached else 1)
             more = min(2, args.max_pairs - done)  # two at a time: both orders again
             if verdict.outcome != "inconclusive" or more < 1:
                 break

@@ -40,11 +40,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import profiles
 from harness.plugins import SubmissionError, load_submission
+from harness.record import Record, RecordError
+from harness.referee import judge
 from harness.run import parse_args as harness_parse_args
 from harness.stats import CONFIDENCE, Comparison, compare_samples
 
@@ -66,44 +68,32 @@ class Metric:
     name: str
     better: str  # "lower" or "higher"
     size: str  # how the size of a difference is judged across depths: "ratio" (B / A) or "diff" (B - A)
-    read: Callable[[dict], float | None]
-
-
-def _core(record: dict) -> float | None:
-    m = record["metrics"]
-    return m["core"] if m.get("core") is not None else m.get("core_partial")
+    read: Callable[[Record], float | None]
 
 
 BASE_METRICS = [
-    Metric("training time (s)", "lower", "ratio", lambda r: r["training_time_s"]),
-    Metric("tokens/s", "higher", "ratio", lambda r: r["metrics"].get("tokens_per_s")),
-    Metric("val_bpb", "lower", "diff", lambda r: r["metrics"].get("val_bpb")),
-    Metric("CORE", "higher", "diff", _core),
-    Metric("final loss", "lower", "diff", lambda r: r["metrics"].get("final_loss")),
+    Metric("training time (s)", "lower", "ratio", lambda r: r.training_time_s),
+    Metric("tokens/s", "higher", "ratio", lambda r: r.metrics.tokens_per_s),
+    Metric("val_bpb", "lower", "diff", lambda r: r.metrics.val_bpb),
+    Metric("CORE", "higher", "diff", lambda r: r.metrics.score),
+    Metric("final loss", "lower", "diff", lambda r: r.metrics.final_loss),
 ]
 
 
-def loss_at(step_index: int) -> Callable[[dict], float | None]:
-    def read(record: dict) -> float | None:
-        return dict((int(s), loss) for s, loss in record["loss_curve"]).get(step_index)
-
-    return read
-
-
-def fixed_step_losses(records: Sequence[dict]) -> list[Metric]:
+def fixed_step_losses(records: Sequence[Record]) -> list[Metric]:
     """Loss a quarter, half and three quarters into the shortest run, at steps every run's loss curve holds.
 
     The record keeps about 200 points of the curve, so a target step is snapped down to the nearest step that
     all runs recorded. Steps are shown 1-based, as the run's progress lines count them.
     """
-    common = set.intersection(*({int(s) for s, _ in r["loss_curve"]} for r in records))
-    shortest = min(r["steps_completed"] for r in records)
+    common = set.intersection(*({int(s) for s, _ in r.loss_curve} for r in records))
+    shortest = min(r.steps_completed for r in records)
     chosen = []
     for fraction in LOSS_FRACTIONS:
         below = [s for s in common if s + 1 <= fraction * shortest]
         if below and max(below) not in chosen:
             chosen.append(max(below))
-    return [Metric(f"loss at step {s + 1}", "lower", "diff", loss_at(s)) for s in chosen]
+    return [Metric(f"loss at step {s + 1}", "lower", "diff", lambda r, s=s: r.loss_at(s)) for s in chosen]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,7 +137,7 @@ def compare_metric(metric: Metric, a: list[float], b: list[float]) -> Row:
     return Row(metric.name, metric.better, metric.size, a, b, c, identical, effect, verdict)
 
 
-def compare_runs(a_records: list[dict], b_records: list[dict]) -> list[Row]:
+def compare_runs(a_records: list[Record], b_records: list[Record]) -> list[Row]:
     """Every metric that all runs have, in table order: time, throughput, evals, final and fixed-step losses."""
     rows = []
     for metric in BASE_METRICS + fixed_step_losses(a_records + b_records):
@@ -220,7 +210,7 @@ class RunSpec:
     seed: int
     out: Path
     log: Path
-    record: dict = field(default_factory=dict)
+    record: Record | None = None  # once it has run
 
 
 def plan_runs(a: str, b: str, depths: list[int | None], runs: int, seed: int, out: Path) -> list[RunSpec]:
@@ -251,7 +241,7 @@ def harness_command(spec: RunSpec, profile: str, nproc: int, extra: list[str]) -
     return cmd + extra
 
 
-def execute(spec: RunSpec, command: list[str]) -> dict:
+def execute(spec: RunSpec, command: list[str]) -> Record:
     """Run one harness run to completion, its output in the log file; return its record or raise naming the log."""
     spec.log.parent.mkdir(parents=True, exist_ok=True)
     with open(spec.log, "w", encoding="utf-8") as log:
@@ -266,11 +256,14 @@ def execute(spec: RunSpec, command: list[str]) -> dict:
             f"run {spec.out.name} ({spec.submission}, seed {spec.seed}) exited with status {code} and wrote no "
             f"record; its log {spec.log} ends with:\n  " + "\n  ".join(tail)
         )
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    if record["status"] != "finished":
-        message = (record.get("error") or {}).get("message", "no error message")
+    try:
+        record = Record.read(record_path)
+    except RecordError as exc:
+        raise CompareError(f"run {spec.out.name} ({spec.submission}, seed {spec.seed}): {exc}") from None
+    if record.status != "finished":
+        message = record.error.message if record.error else "no error message"
         raise CompareError(
-            f"run {spec.out.name} ({spec.submission}, seed {spec.seed}) {record['status']}: {message}. "
+            f"run {spec.out.name} ({spec.submission}, seed {spec.seed}) {record.status}: {message}. "
             f"Full output in {spec.log}; fix the submission (or its flags) and compare again."
         )
     return record
@@ -330,6 +323,15 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def eligibility(records: list[Record]) -> str:
+    """What the referee's verdict says of the compared runs, in one line: a comparison on a development profile
+    says which submission is faster there, not that either could set a record."""
+    reasons = sorted({reason for record in records for reason in judge(record).reasons})
+    if not reasons:
+        return "every run is eligible"
+    return "not eligible: " + "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+
+
 def render_markdown(meta: dict, per_depth: dict, transfers: list[Transfer]) -> str:
     out = [
         f"# {meta['a']['name']} (A) vs {meta['b']['name']} (B)",
@@ -342,6 +344,7 @@ def render_markdown(meta: dict, per_depth: dict, transfers: list[Transfer]) -> s
         f"harness flags: `{' '.join(meta['harness_args']) or '(none)'}`.",
         "Welch's t-test on each metric (harness/stats.py): B - A and B / A with 95% intervals, two-sided p; "
         f"significant when p < {ALPHA:.2g}.",
+        f"Eligibility of these runs for a record (harness/referee.py): {meta['eligibility']}.",
     ]
     for depth, rows in per_depth.items():
         out += ["", f"## Depth {depth}", "", headline(rows), "", table(rows)]
@@ -483,10 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # the running harness got the same SIGINT and wrote an `interrupted` record
             print(f"\ninterrupted during run {i}/{len(specs)}; finished runs are in {out / 'runs'}", file=sys.stderr)
             return 130
-        m = spec.record["metrics"]
+        m = spec.record.metrics
         print(
-            f"[{i}/{len(specs)}] {spec.out.name}: training {spec.record['training_time_s']:.2f} s, "
-            f"final loss {_num(m.get('final_loss'))}, val_bpb {_num(m.get('val_bpb'))} "
+            f"[{i}/{len(specs)}] {spec.out.name}: training {spec.record.training_time_s:.2f} s, "
+            f"final loss {_num(m.final_loss)}, val_bpb {_num(m.val_bpb)} "
             f"({time.perf_counter() - started:.0f} s wall)",
             flush=True,
         )
@@ -495,8 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     per_depth: dict[int, list[Row]] = {}
     for depth in args.depth_list:
         side = {s: [x.record for x in specs if x.depth == depth and x.side == s] for s in "AB"}
-        side = {s: sorted(records, key=lambda r: r["run"]["seed"]) for s, records in side.items()}  # pairs align
-        per_depth[side["A"][0]["run"]["depth"]] = compare_runs(side["A"], side["B"])
+        side = {s: sorted(records, key=lambda r: r.run.seed) for s, records in side.items()}  # pairs align
+        per_depth[side["A"][0].run.depth] = compare_runs(side["A"], side["B"])
     transfers = []
     if len(per_depth) > 1:
         names = [row.metric for row in next(iter(per_depth.values()))]
@@ -508,12 +511,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "a": loaded["a"],
         "b": loaded["b"],
-        "profile": first["profile"],
-        "hardware": profiles.describe_hardware(first["fingerprint"]),
+        "profile": first.profile,
+        "hardware": profiles.describe_hardware(first.fingerprint),
         "runs": args.runs,
         "seeds": [args.seed + i for i in range(args.runs)],
         "harness_args": extra,
         "nproc_per_node": args.nproc_per_node,
+        "eligibility": eligibility([spec.record for spec in specs]),
     }
     markdown = render_markdown(meta, per_depth, transfers)
     (out / "compare.md").write_text(markdown, encoding="utf-8")

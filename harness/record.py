@@ -1,7 +1,9 @@
 """The run record: one JSON file per run, validated against the committed schema ``record.schema.json``.
 
-    errors = validate_record(json.loads(Path("runs/x/record.json").read_text()))   # [] when valid
-    write_record(run_dir, record)      # validates, then writes record.json atomically
+    record = Record.read(Path("runs/x/record.json"))   # validated, typed and frozen (RecordError if not valid)
+    record.metrics.score, record.eligibility.reasons    # every reader reads these, never the raw JSON
+    errors = validate_record(data)     # [] when valid: for callers that report every problem themselves
+    write_record(path, data)           # the referee: validates, then writes record.json atomically
 
 A record holds everything needed to audit or replay a run: the submission's sources and digests, the
 harness commit, the command line, library versions, hardware fingerprint and calibration, the plan,
@@ -10,13 +12,17 @@ digests of the data, tokenizer and eval bundle, phase times and the metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
 import platform
 import subprocess
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import jsonschema
 
@@ -42,6 +48,254 @@ def validate_record(record: dict) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
     errors = sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path))
     return [f"{'/'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+
+
+class RecordError(ValueError):
+    """A record that breaks the schema; the message lists every problem."""
+
+
+def _freeze(value: Any) -> Any:
+    """JSON made read-only: objects as mappings that refuse writes, arrays as tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def _empty() -> Mapping:
+    return MappingProxyType({})
+
+
+def _key_order():
+    """The keys of the JSON object a Section was read from, in order: bookkeeping, not part of its value."""
+    return dataclasses.field(default=(), compare=False, repr=False)
+
+
+def _thaw(value: Any) -> Any:
+    """The JSON a frozen value came from."""
+    if isinstance(value, Section):
+        return value.to_json()
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One JSON object of a record as a frozen dataclass: its declared fields typed (a field whose value is itself a
+    Section is built as one), every other key kept read-only in ``extra``, and the keys as read, so that
+    ``from_json(data).to_json() == data`` (one built in code has every declared field)."""
+
+    SECTIONS: ClassVar[dict[str, type[Section]]] = {}  # field name -> the Section class its value is read into
+
+    @classmethod
+    def from_json(cls, data: Mapping | None):
+        if data is None:
+            return None
+        declared = {f.name for f in dataclasses.fields(cls)} - {"extra", "keys"}
+        values = {}
+        for name in declared:
+            value = data.get(name)
+            section = cls.SECTIONS.get(name)
+            values[name] = section.from_json(value) if section is not None else _freeze(value)
+        extra = {key: value for key, value in data.items() if key not in declared}
+        return cls(**values, extra=_freeze(extra), keys=tuple(data))
+
+    def to_json(self) -> dict:
+        declared = [f.name for f in dataclasses.fields(self) if f.name not in ("extra", "keys")]
+        fields = {name: getattr(self, name) for name in declared} | dict(self.extra)
+        return {key: _thaw(fields[key]) for key in self.keys or [*declared, *self.extra]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict(Section):
+    """Whether the run can set a record and, when not, every reason (harness/referee.py decides)."""
+
+    eligible: bool = False
+    reasons: tuple[str, ...] = ()
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics(Section):
+    final_loss: float | None = None
+    val_bpb: float | None = None  # on the profile's fixed validation rows, by the referee's eval process
+    core: float | None = None  # None unless every CORE task was evaluated
+    core_partial: float | None = None  # the mean over the tasks the bundle has
+    core_label: str | None = None  # "CORE", "core_partial" or None (not evaluated)
+    core_tasks: Mapping = dataclasses.field(default_factory=_empty)
+    tokens_per_s: float | None = None
+    mfu: float | None = None
+    step_time_median_s: float | None = None
+    peak_memory_gb: float | None = None
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+    @property
+    def score(self) -> float | None:
+        """The CORE figure a reader shows: CORE when every task ran, else the partial mean, else None."""
+        return self.core if self.core is not None else self.core_partial
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission(Section):
+    name: str = ""
+    path: str = ""
+    source_digest: str = ""
+    overrides: tuple[str, ...] = ()
+    files: Mapping = dataclasses.field(default_factory=_empty)  # relative path -> sha256
+    sources: Mapping = dataclasses.field(default_factory=_empty)  # relative path -> text
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+
+@dataclasses.dataclass(frozen=True)
+class Harness(Section):
+    version: str | None = None
+    commit: str | None = None
+    dirty: bool | None = None  # None: not a git checkout
+    source_digest: str | None = None
+    changed: tuple[str, ...] = ()
+    changed_sources: Mapping = dataclasses.field(default_factory=_empty)
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo(Section):
+    seed: int = 0
+    world_size: int = 1
+    dtype: str | None = None
+    depth: int | None = None  # the depth of the model that trained
+    device: str | None = None
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanInfo(Section):
+    num_steps: int = 0
+    total_batch_tokens: int = 0
+    device_batch: int = 0
+    seq_len: int = 0
+    grad_accum: int = 1
+    flops_per_token: float = 0.0
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo(Section):
+    dataset: str = ""
+    digest: str = ""
+    pinned: bool = False
+    stream_digest: str | None = None
+    tokens_consumed: int = 0
+    not_eligible: tuple[str, ...] | None = None
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleInfo(Section):
+    path: str = ""
+    digest: str = ""
+    missing_labels: tuple[str, ...] = ()
+    max_per_task: int | None = None  # -1: every record
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorInfo(Section):
+    message: str = ""
+    traceback: str = ""
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+
+@dataclasses.dataclass(frozen=True)
+class Record(Section):
+    """A run's record as every reader sees it: validated against record.schema.json, typed, and frozen.
+
+    The referee builds the record's JSON as the run goes (harness/run.py) and writes it once; everything that
+    reads a record afterwards (the verdict, the summary, compare, ci, replay, the leaderboard) goes through here.
+    """
+
+    SECTIONS: ClassVar[dict[str, type[Section]]] = {
+        "submission": Submission,
+        "harness": Harness,
+        "eligibility": Verdict,
+        "run": RunInfo,
+        "plan": PlanInfo,
+        "data": DataInfo,
+        "eval_bundle": BundleInfo,
+        "metrics": Metrics,
+        "error": ErrorInfo,
+    }
+
+    schema_version: int = SCHEMA_VERSION
+    status: str = "failed"  # finished | failed | diverged | interrupted
+    submission: Submission | None = None
+    harness: Harness | None = None
+    command: tuple[str, ...] = ()
+    started_at: str = ""
+    finished_at: str | None = None
+    environment: Mapping = dataclasses.field(default_factory=_empty)
+    profile: str | None = None
+    fingerprint: Mapping | None = None
+    calibration: Mapping = dataclasses.field(default_factory=_empty)
+    eligibility: Verdict = Verdict()
+    resumed: bool = False
+    run: RunInfo | None = None
+    plan: PlanInfo | None = None
+    data: DataInfo | None = None
+    tokenizer: Mapping | None = None
+    eval_bundle: BundleInfo | None = None
+    training_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    phases: Mapping = dataclasses.field(default_factory=_empty)
+    steps_completed: int = 0
+    metrics: Metrics = Metrics()
+    evals: tuple[Mapping, ...] = ()
+    loss_curve: tuple[tuple[int, float], ...] = ()
+    error: ErrorInfo | None = None
+    config: Mapping | None = None  # what the command line and profile decided (harness/run.py Config)
+    budgets: Mapping | None = None  # untimed phase -> {seconds, budget}
+    watch: Mapping | None = None  # what the referee's file watch saw
+    program: Mapping | None = None  # the exported model the referee evaluated: path, sha256
+    checkpoint: str | None = None  # where an interrupted run can resume from
+    extra: Mapping = dataclasses.field(default_factory=_empty)
+    keys: tuple[str, ...] = _key_order()
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Record:
+        """Raises RecordError listing every way ``data`` breaks the schema."""
+        errors = validate_record(data)
+        if errors:
+            raise RecordError("the record breaks harness/record.schema.json:\n  " + "\n  ".join(errors))
+        return super().from_json(data)
+
+    @classmethod
+    def read(cls, path: Path) -> Record:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError(f"{path} is not a readable record: {exc}") from None
+        if not isinstance(data, dict):
+            raise RecordError(f"{path} is not a record: a JSON object was expected")
+        try:
+            return cls.from_json(data)
+        except RecordError as exc:
+            raise RecordError(f"{path}: {exc}") from None
+
+    def loss_at(self, step: int) -> float | None:
+        """The training loss the record kept for ``step`` (0-based), or None."""
+        return next((loss for s, loss in self.loss_curve if s == step), None)
 
 
 RECORD_FILE = "record.json"

@@ -1,15 +1,16 @@
 """The one place a run's validity is decided: ``judge(record) -> Verdict``.
 
-    verdict = judge(json.loads(Path("runs/x/record.json").read_text()))
+    verdict = judge(Record.read(Path("runs/x/record.json")))
     verdict.eligible, verdict.reasons        # True and () for a run that can set a record
 
 A pure function of the record: the referee calls it when a run ends, ``leaderboard add`` calls it again on the
-record it is given (and refuses one whose stored verdict disagrees), ``harness.ci`` and ``harness.compare`` call it
-to say what they compared. Checks that need several records at once (the same data, tokenizer, bundle, harness
-and source across an entry's runs, distinct seeds, the track's pins) are the leaderboard's, in
-``leaderboard/store.py``; checks of the run against its own observation (the clocks, the warm-up proof, the file
-watch) are made while the run happens (``harness/run.py``) and fail the run outright. What the rules are and
-why: docs/rules.md.
+record it is given (and refuses one whose stored verdict disagrees), and ``harness.compare`` calls it to say
+whether the runs it compared could count (``harness.ci`` measures time to a target on development profiles, where
+no run is eligible: it judges regressions, not validity). Checks that need several records at once (the same
+data, tokenizer, bundle, harness and source across an entry's runs, distinct seeds, the track's pins) are the
+leaderboard's, in ``leaderboard/store.py``; checks of the run against its own observation (the clocks, the
+warm-up proof, the file watch) are made while the run happens (``harness/run.py``) and fail the run outright.
+What the rules are and why: docs/rules.md.
 """
 
 from __future__ import annotations
@@ -19,64 +20,57 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.profiles import PROFILES, Profile
+from harness.record import Record, Verdict
 from harness.stats import NAN, Comparison, Summary, compare_samples, one_sample_greater, summarize
 
 RECORD_PROFILE = "8xh100"
 CLOCK_TOLERANCE = (0.02, 2.0)  # the worker's and the referee's clocks may differ by 2% or 2 s, whichever is larger
 
 
-@dataclass(frozen=True)
-class Verdict:
-    eligible: bool
-    reasons: tuple[str, ...]
-
-    def to_json(self) -> dict:
-        return {"eligible": self.eligible, "reasons": list(self.reasons)}
-
-
-def judge(record: dict) -> Verdict:
-    """Why this run cannot set a record (no reasons: it can). ``record`` is a record that validates against
-    harness/record.schema.json."""
+def judge(record: Record) -> Verdict:
+    """Why this run cannot set a record (no reasons: it can)."""
     reasons = []
-    if record["status"] != "finished":
-        reasons.append(f"the run did not finish (status {record['status']})")
-    profile = PROFILES.get(record["profile"])
+    if record.status != "finished":
+        reasons.append(f"the run did not finish (status {record.status})")
+    profile = PROFILES.get(record.profile)
     if profile is None or not profile.record_eligible:
-        reasons.append(f"profile {record['profile']!r} is not the record profile ({RECORD_PROFILE})")
+        reasons.append(f"profile {record.profile!r} is not the record profile ({RECORD_PROFILE})")
     else:
-        reasons += calibration_shortfalls(profile, record["calibration"])
-    if record["resumed"]:
+        reasons += calibration_shortfalls(profile, record.calibration)
+    if record.resumed:
         reasons.append("resumed from a checkpoint")
-    config = record.get("config") or {}
-    if profile is not None and config.get("max_steps") not in (None, profile.max_steps):
-        reasons.append(f"--max-steps {config['max_steps']} caps the planned training")
-    bundle = record["eval_bundle"]
-    if bundle is None or record["metrics"].get("core_label") is None:
+    max_steps = (record.config or {}).get("max_steps")
+    if profile is not None and max_steps not in (None, profile.max_steps):
+        reasons.append(f"--max-steps {max_steps} caps the planned training")
+    bundle = record.eval_bundle
+    if bundle is None or record.metrics.core_label is None:
         reasons.append("CORE not evaluated (--no-core, or the run stopped before it)")
     else:
-        if bundle["missing_labels"]:
-            reasons.append(f"eval bundle is partial (missing {', '.join(bundle['missing_labels'])})")
-        if bundle.get("max_per_task", -1) != -1:
+        if bundle.missing_labels:
+            reasons.append(f"eval bundle is partial (missing {', '.join(bundle.missing_labels)})")
+        if bundle.max_per_task not in (None, -1):
             reasons.append("CORE evaluated on a per-task cap, not on every record")
-    data = record["data"] or {}
-    reasons += data.get("not_eligible") or []
-    if data and data.get("pinned") is False and not data.get("not_eligible"):
-        reasons.append(f"dataset {data['dataset']!r} has shards without committed digests (python -m harness.data pin)")
-    harness = record["harness"]
-    if harness["dirty"]:
-        changed = harness.get("changed") or []
+    data = record.data
+    if data is not None:
+        reasons += data.not_eligible or []
+        if not data.pinned and not data.not_eligible:
+            reasons.append(
+                f"dataset {data.dataset!r} has shards without committed digests (python -m harness.data pin)"
+            )
+    if record.harness.dirty:
+        changed = record.harness.changed
         reasons.append(
             f"uncommitted changes in {', '.join(changed[:5])}" if changed else "the harness has uncommitted changes"
         )
-    for name, used in sorted((record.get("budgets") or {}).items()):
+    for name, used in sorted((record.budgets or {}).items()):
         if used["seconds"] > used["budget"]:
             reasons.append(
                 f"untimed phase {name} took {used['seconds']:.1f} s, over its budget of {used['budget']:.1f} s"
             )
-    left = (record.get("watch") or {}).get("left_behind", 0)
+    left = (record.watch or {}).get("left_behind", 0)
     if left:
         reasons.append(f"the worker left {left} processes running after it exited (ended by the referee)")
-    return Verdict(not reasons, tuple(reasons))
+    return Verdict(eligible=not reasons, reasons=tuple(reasons))
 
 
 def calibration_shortfalls(profile: Profile, calibration: dict) -> list[str]:

@@ -9,7 +9,7 @@ import argparse
 import datetime as dt
 import sys
 
-from harness.record import environment, harness_provenance
+from harness.record import Record, Submission, environment, harness_provenance
 
 
 class Progress:
@@ -43,55 +43,51 @@ class Progress:
             self.bar.close()
 
 
-def describe_submission(sub: dict | None) -> str:
+def describe_submission(sub: Submission | None) -> str:
     if sub is None:
         return "-"
-    return f"{sub['name']} (overrides: {', '.join(sub['overrides']) or 'none'})"
+    return f"{sub.name} (overrides: {', '.join(sub.overrides) or 'none'})"
 
 
-def closing_lines(record: dict, path, out) -> str:
+def closing_lines(record: Record, path, out) -> str:
     """What was written, and the commands a user wants next."""
     lines = [f"record: {path}", f"events: {out / 'events.jsonl'}"]
-    if record.get("program"):
-        lines.append(f"model:  {record['program']['path']} (torch.export program; python -m harness.evaluate {out})")
-    if record["status"] == "interrupted" and record.get("checkpoint"):
-        lines.append(f"checkpoint: {record['checkpoint']}")
-    if record["status"] in ("interrupted", "failed") and (record.get("checkpoint") or record.get("program")):
-        lines.append(f"resume: python -m harness.run {record['submission']['path'] if record['submission'] else ''} "
+    if record.program:
+        lines.append(f"model:  {record.program['path']} (torch.export program; python -m harness.evaluate {out})")
+    if record.status == "interrupted" and record.checkpoint:
+        lines.append(f"checkpoint: {record.checkpoint}")
+    if record.status in ("interrupted", "failed") and (record.checkpoint or record.program):
+        lines.append(f"resume: python -m harness.run {record.submission.path if record.submission else ''} "
                      f"--out {out} --resume")  # fmt: skip
-    if record["status"] == "finished":
+    if record.status == "finished":
         lines.append(f"plot:   python -m harness.plot {out}")
-        lines.append(f"compare: python -m harness.compare {record['submission']['path']} OTHER_SUBMISSION")
-        track = "record" if record["eligibility"]["eligible"] else "dev"
+        lines.append(f"compare: python -m harness.compare {record.submission.path} OTHER_SUBMISSION")
+        track = "record" if record.eligibility.eligible else "dev"
         lines.append(f"file:   python -m leaderboard add {out} ... --track {track}")
     return "\n".join(lines)
 
 
-def summary_table(record: dict) -> str:
+def summary_table(record: Record) -> str:
     """The closing lines of a run: what ran, how long it trained, what it scored, and whether it can count."""
-    m, run = record["metrics"], record["run"]
-    core = m.get("core") if m.get("core") is not None else m.get("core_partial")
+    m, run, verdict = record.metrics, record.run, record.eligibility
+    if verdict.eligible:
+        eligible = "yes"
+    elif not verdict.reasons:
+        eligible = "no (the run stopped before it was judged)"
+    else:
+        eligible = "no: " + "; ".join(verdict.reasons[:3]) + ("; ..." if len(verdict.reasons) > 3 else "")
     rows = [
-        ("submission", describe_submission(record["submission"])),
-        ("status", record["status"]),
-        ("profile", f"{record['profile']}" + (f" ({run['world_size']} x {run['device']})" if run else "")),
-        ("steps", f"{record['steps_completed']}" + (f" / {record['plan']['num_steps']}" if record["plan"] else "")),
-        ("tokens", f"{record['data']['tokens_consumed']:,}" if record["data"] else "-"),
-        ("training time", f"{record['training_time_s']:.1f} s ({record['training_time_s'] / 3600:.4f} h)"),
-        ("wall time", f"{record['wall_time_s']:.1f} s"),
-        ("final loss", f"{m['final_loss']:.4f}" if m.get("final_loss") is not None else "-"),
-        ("val_bpb", f"{m['val_bpb']:.4f}" if m.get("val_bpb") is not None else "-"),
-        (m.get("core_label") or "CORE", f"{core:.4f}" if core is not None else "-"),
-        (
-            "eligible",
-            "yes"
-            if record["eligibility"]["eligible"]
-            else "no (the run stopped before it was judged)"
-            if not record["eligibility"]["reasons"]
-            else "no: "
-            + "; ".join(record["eligibility"]["reasons"][:3])
-            + ("; ..." if len(record["eligibility"]["reasons"]) > 3 else ""),
-        ),
+        ("submission", describe_submission(record.submission)),
+        ("status", record.status),
+        ("profile", f"{record.profile}" + (f" ({run.world_size} x {run.device})" if run else "")),
+        ("steps", f"{record.steps_completed}" + (f" / {record.plan.num_steps}" if record.plan else "")),
+        ("tokens", f"{record.data.tokens_consumed:,}" if record.data else "-"),
+        ("training time", f"{record.training_time_s:.1f} s ({record.training_time_s / 3600:.4f} h)"),
+        ("wall time", f"{record.wall_time_s:.1f} s"),
+        ("final loss", f"{m.final_loss:.4f}" if m.final_loss is not None else "-"),
+        ("val_bpb", f"{m.val_bpb:.4f}" if m.val_bpb is not None else "-"),
+        (m.core_label or "CORE", f"{m.score:.4f}" if m.score is not None else "-"),
+        ("eligible", eligible),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"| {k:<{width}} | {v}" for k, v in rows)

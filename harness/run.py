@@ -45,6 +45,7 @@ from harness.loader import validation_rows
 from harness.plugins import RunInterrupted, StopSignals, SubmissionError, describe_folder, locate_submission
 from harness.record import (
     REPO_ROOT,
+    Record,
     harness_digest,
     harness_provenance,
     next_record_file,
@@ -260,19 +261,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- record: judged, shown to the submission's observers as a copy, then written once, atomically
     referee.record_progress()
-    record["eligibility"] = judge(record).to_json()
+    record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    record["eligibility"] = judge(Record.from_json(record)).to_json()
     referee.observe(signals)
     signals.deferring = True  # a signal now is noted, not allowed to cut the record short
     referee.close_phases()
     record["phases"] = {k: round(v, 6) for k, v in sorted(referee.phases.items())}
-    record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     events.write("run_stop", None, record["status"])
     record["wall_time_s"] = round(time.monotonic() - started, 3)
     if events.error:
         record["events_error"] = events.error
     path = save_record(record_path, record, events)
-    print(summary_table(record))
-    print(closing_lines(record, path, out))
+    written = Record.from_json(record)
+    print(summary_table(written))
+    print(closing_lines(written, path, out))
     if record["error"]:
         print(f"{record['status']}: {record['error']['message']}", file=sys.stderr)
     events.close()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from harness.clock import read_events as harness_read_events
 from harness.fileio import atomic_write_json, atomic_write_text, file_lock, sha256_file, temp_dir
-from harness.record import validate_record
+from harness.record import Record, validate_record
 from harness.referee import judge
 from leaderboard import pins as pins_module
 from leaderboard.evidence import run_problems
@@ -237,7 +237,7 @@ def record_track_checks(rec: dict) -> list[Check]:
     """The referee's verdict on the record, judged again here (harness.referee.judge), and the verdict the record
     carries, which must be the same: a record whose eligibility was edited by hand is refused."""
     fix = "file it on the development board instead (--track dev)"
-    verdict = judge(rec)
+    verdict = judge(Record.from_json(rec))  # the schema check above passed
     stored = rec.get("eligibility") or {}
     return [
         Check(

@@ -25,6 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from harness.fileio import atomic_write_json, atomic_write_text, sha256_file
+from harness.record import Record
 from harness.referee import judge
 from leaderboard.pins import bundle_digest, data_digest
 from leaderboard.store import PACKAGE_DIR, append_verification
@@ -178,7 +179,7 @@ def sample_record(
 
 def judged(record: dict) -> dict:
     """The record with the referee's verdict on it, as harness.run writes it."""
-    return {**record, "eligibility": judge(record).to_json()}
+    return {**record, "eligibility": judge(Record.from_json(record)).to_json()}
 
 
 def _loss(step: int, seed: int) -> float:

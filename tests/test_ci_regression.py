@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from helpers_ci import variant
 
-from harness.ci import CAP, judge, run_curves, time_to_target
+from harness.ci import CAP, regression_verdict, run_curves, time_to_target
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--profile", "cpu", "--steps", "6", "--fraction", "0.5", "--eval-every", "1", "--depth", "2"]
@@ -60,33 +60,33 @@ def test_time_to_target_interpolates_between_the_evaluations_around_the_crossing
 
 
 def test_a_run_slower_than_the_tolerance_with_significance_fails_and_a_noisy_one_gets_more_pairs():
-    slower = judge([(10.0, 12.1), (12.0, 14.3), (9.0, 11.0)], floor=0.10)
+    slower = regression_verdict([(10.0, 12.1), (12.0, 14.3), (9.0, 11.0)], floor=0.10)
     assert slower.outcome == "slower" and slower.failed
     assert slower.ratio == pytest.approx(
         math.exp(sum(math.log(b / a) for a, b in [(10, 12.1), (12, 14.3), (9, 11)]) / 3)
     )
     assert slower.p_slower < 0.05 and slower.sentence.startswith("is slower by 20.8%")
-    noisy = judge([(10.0, 14.0), (12.0, 11.0), (9.0, 12.0)], floor=0.10)  # +20% on average, pairs disagree
+    noisy = regression_verdict([(10.0, 14.0), (12.0, 11.0), (9.0, 12.0)], floor=0.10)  # +20% on average, pairs disagree
     assert noisy.outcome == "inconclusive" and not noisy.failed and noisy.p_slower > 0.05
 
 
 def test_the_tolerance_is_one_runs_noise_or_the_floor_whichever_is_larger():
     logs = [math.log(1.12), math.log(1.14), math.log(1.13)]  # 13% slower, very consistently
-    small = judge([(1.0, math.exp(x)) for x in logs], floor=0.15)
+    small = regression_verdict([(1.0, math.exp(x)) for x in logs], floor=0.15)
     assert small.tolerance == 0.15 and small.outcome == "within tolerance" and not small.failed
-    spread = judge([(1.0, 1.30), (1.0, 1.00), (1.0, 1.15)], floor=0.02)
+    spread = regression_verdict([(1.0, 1.30), (1.0, 1.00), (1.0, 1.15)], floor=0.02)
     sd = math.sqrt(sum((math.log(r) - sum(map(math.log, (1.3, 1.0, 1.15))) / 3) ** 2 for r in (1.3, 1.0, 1.15)) / 2)
     assert spread.noise == pytest.approx(sd / math.sqrt(2)) and spread.tolerance == spread.noise
 
 
 def test_a_faster_candidate_passes_and_is_reported_faster():
-    faster = judge([(10.0, 8.0), (12.0, 9.8), (9.0, 7.1)], floor=0.10)
+    faster = regression_verdict([(10.0, 8.0), (12.0, 9.8), (9.0, 7.1)], floor=0.10)
     assert faster.outcome == "faster" and not faster.failed and faster.ratio < 0.85 and faster.p_faster < 0.05
     assert faster.sentence.startswith("is faster by 19.8%")
 
 
 def test_a_candidate_run_that_missed_the_target_fails_whatever_the_other_runs_say():
-    missed = judge([(10.0, 9.0), (10.0, 9.5)], floor=0.10, unreached=1)
+    missed = regression_verdict([(10.0, 9.0), (10.0, 9.5)], floor=0.10, unreached=1)
     assert missed.outcome == "not reached" and missed.failed
     assert f"within the cap ({CAP:g}x the slowest reference run's time) in 1 run" in missed.sentence
 

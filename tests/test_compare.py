@@ -34,6 +34,7 @@ from harness.compare import (
     plan_runs,
     transfer_verdict,
 )
+from harness.record import Metrics, Record
 from harness.stats import compare_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,15 +155,14 @@ def test_pairs_share_a_seed_and_alternate_which_submission_goes_first(tmp_path):
     assert all(s.submission == ("subA" if s.side == "A" else "subB") for s in specs)
 
 
-def fake_record(steps: int, curve_steps: list[int], loss: float, core: float | None = None) -> dict:
+def fake_record(steps: int, curve_steps: list[int], loss: float, core: float | None = None) -> Record:
     """A record's fields that the comparison reads (the full records come from the end-to-end tests below)."""
-    return {
-        "training_time_s": 10.0 + loss,
-        "steps_completed": steps,
-        "loss_curve": [[s, loss + s / 1000] for s in curve_steps],
-        "metrics": {"tokens_per_s": 100.0 - loss, "val_bpb": loss / 2, "final_loss": loss, "core": None,
-                    "core_partial": core},
-    }  # fmt: skip
+    return Record(
+        training_time_s=10.0 + loss,
+        steps_completed=steps,
+        loss_curve=tuple((s, loss + s / 1000) for s in curve_steps),
+        metrics=Metrics(tokens_per_s=100.0 - loss, val_bpb=loss / 2, final_loss=loss, core=None, core_partial=core),
+    )
 
 
 def test_loss_is_compared_at_quarter_points_that_every_run_recorded():

@@ -17,7 +17,7 @@ from helpers_submissions import write_submission
 from harness.clock import read_events
 from harness.data import prepare_dataset
 from harness.profiles import PROFILES
-from harness.record import validate_record
+from harness.record import Record, validate_record
 from harness.referee import judge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,14 +257,14 @@ def test_wandb_logs_offline_by_default_and_the_run_finishes(tmp_path, harness_en
 
 def test_the_referee_judges_the_record_as_written_and_judges_hand_edits_again(climbmix_run):
     record = load_record(climbmix_run)
-    assert judge(record).to_json() == record["eligibility"]  # one judgement, wherever it is made
+    assert judge(Record.from_json(record)).to_json() == record["eligibility"]  # one judgement, wherever it is made
     record_profile = {**record, "profile": "8xh100", "calibration": {"matmul_tflops": 100.0, "memory_gbps": 900.0}}
-    reasons = judge(record_profile).reasons
+    reasons = judge(Record.from_json(record_profile)).reasons
     assert not any("not the record profile" in r for r in reasons)
     assert any("matmul calibration 100.0 TFLOP/s is below the 8xh100 floor" in r for r in reasons)
     over = {**record, "budgets": {**record["budgets"], "build": {"seconds": 99.0, "budget": 20.0}}}
-    assert "untimed phase build took 99.0 s, over its budget of 20.0 s" in judge(over).reasons
-    assert "the run did not finish (status failed)" in judge({**record, "status": "failed"}).reasons
+    assert "untimed phase build took 99.0 s, over its budget of 20.0 s" in judge(Record.from_json(over)).reasons
+    assert "the run did not finish (status failed)" in judge(Record.from_json({**record, "status": "failed"})).reasons
 
 
 @pytest.mark.slow

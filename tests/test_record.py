@@ -1,0 +1,68 @@
+"""The record as its readers see it: harness.record.Record, validated, typed and frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from helpers_leaderboard import sample_record
+
+from harness.record import Metrics, Record, RecordError, Verdict
+from harness.referee import judge
+
+
+def test_a_record_reads_back_to_the_same_json_with_its_sections_typed():
+    data = sample_record(3, core=0.27)
+    data["data"]["selected"] = "climbmix"  # a key the type does not declare is kept, in its place
+    record = Record.from_json(data)
+    assert record.to_json() == data
+    assert list(record.to_json()) == list(data)  # the keys keep their order: the JSON is the same text
+    assert record.metrics.core == 0.27 and record.run.seed == 3 and record.plan.num_steps == data["plan"]["num_steps"]
+    assert record.data.extra["selected"] == "climbmix"
+    assert isinstance(record.eligibility, Verdict) and record.eligibility.eligible
+    assert record.loss_at(record.loss_curve[-1][0]) == record.loss_curve[-1][1]
+
+
+def test_a_record_cannot_be_changed_once_read():
+    record = Record.from_json(sample_record())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.status = "finished"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        record.phases["train"] = 0.0  # type: ignore[index]
+    with pytest.raises(TypeError):
+        record.submission.files["submission.py"] = "0" * 64  # type: ignore[index]
+    assert isinstance(record.loss_curve, tuple) and isinstance(record.eligibility.reasons, tuple)
+
+
+def test_a_record_that_breaks_the_schema_is_refused_naming_every_field(tmp_path):
+    data = sample_record()
+    data["training_time_s"] = "fast"
+    del data["metrics"]
+    with pytest.raises(RecordError) as caught:
+        Record.from_json(data)
+    assert "training_time_s: 'fast' is not of type 'number'" in str(caught.value)
+    assert "'metrics' is a required property" in str(caught.value)
+    path = tmp_path / "record.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(RecordError, match="record.json is not a record: a JSON object was expected"):
+        Record.read(path)
+    path.write_text("{")
+    with pytest.raises(RecordError, match="is not a readable record"):
+        Record.read(path)
+
+
+def test_the_core_figure_is_core_when_every_task_ran_else_the_partial_mean():
+    assert Metrics(core=0.26, core_partial=0.26).score == 0.26
+    assert Metrics(core=None, core_partial=0.08).score == 0.08
+    assert Metrics().score is None
+
+
+def test_a_verdict_round_trips_through_the_record_it_is_stored_in(tmp_path):
+    data = sample_record(profile="cpu", eligible=False)
+    verdict = judge(Record.from_json(data))
+    assert not verdict.eligible and "profile 'cpu' is not the record profile (8xh100)" in verdict.reasons
+    data["eligibility"] = verdict.to_json()
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(data))
+    assert Record.read(path).eligibility == verdict
