@@ -54,7 +54,7 @@ from harness.clock import read_events
 from harness.compare import ALPHA, RunSpec, harness_command, plan_runs
 from harness.fileio import atomic_write_json
 from harness.plugins import SubmissionError, describe_folder, locate_submission
-from harness.record import REPO_ROOT, Record, RecordError, harness_provenance
+from harness.record import REPO_ROOT, Record, RecordError, Submission, harness_provenance
 from harness.replay import materialize_sources
 from harness.stats import one_sample_greater, summarize
 
@@ -511,7 +511,7 @@ def load_baseline(path: Path, profile: profiles.Profile, submission: str | None)
 def write_reference(baseline: dict, folder: Path) -> Path:
     """The stored reference submission's files, each checked against its digest, written under ``folder``."""
     try:
-        return materialize_sources({"submission": baseline["reference"]}, folder)
+        return materialize_sources(Submission.from_json(baseline["reference"]), folder)
     except SystemExit as exc:  # replay's way of refusing; here it is an error of the baseline file
         raise CIError(f"the baseline's reference: {exc}") from None
 

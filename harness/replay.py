@@ -37,21 +37,21 @@ import tempfile
 from pathlib import Path
 
 from harness.fileio import sha256_bytes
-from harness.record import validate_record
+from harness.record import Record, RecordError, Submission
 from harness.run import parse_args
 
 EXACT = {
-    "steps": ("steps_completed",),
-    "tokens": ("data", "tokens_consumed"),
-    "data stream digest": ("data", "stream_digest"),
-    "data digest": ("data", "digest"),
-    "tokenizer digest": ("tokenizer", "digest"),
-    "eval bundle digest": ("eval_bundle", "digest"),
-    "submission digest": ("submission", "source_digest"),
-    "status": ("status",),
+    "steps": lambda r: r.steps_completed,
+    "tokens": lambda r: r.data and r.data.tokens_consumed,
+    "data stream digest": lambda r: r.data and r.data.stream_digest,
+    "data digest": lambda r: r.data and r.data.digest,
+    "tokenizer digest": lambda r: r.tokenizer and r.tokenizer["digest"],
+    "eval bundle digest": lambda r: r.eval_bundle and r.eval_bundle.digest,
+    "submission digest": lambda r: r.submission and r.submission.source_digest,
+    "status": lambda r: r.status,
 }
 # Relative tolerances for metrics that depend on floating-point summation order.
-APPROX = {"val_bpb": (("metrics", "val_bpb"), 1e-3)}
+APPROX = {"val_bpb": (lambda r: r.metrics.val_bpb, 1e-3)}
 LOSS_RTOL = {"cpu": 1e-3, "cuda": 2e-2}  # per point of the loss curve and the final loss, by the record's device
 CORE_ATOL = 0.015  # about 3 sigma of CORE between repeats of one command (docs/spec/core.md, Noise)
 # How far (relative) a record's time may fall short of its calibration-normalised replay. 8xh100: the referee's
@@ -67,36 +67,29 @@ class ReplayError(Exception):
     """The record cannot be replayed, or the replay wrote no record; the message says why."""
 
 
-def dig(record: dict, path: tuple[str, ...]):
-    for key in path:
-        record = record.get(key) if isinstance(record, dict) else None
-    return record
-
-
-def materialize_sources(record: dict, folder: Path) -> Path:
-    """Write the record's submission files into ``folder/<name>``, verifying each against its digest."""
-    sub = record["submission"]
+def materialize_sources(sub: Submission | None, folder: Path) -> Path:
+    """Write a record's submission files into ``folder/<name>``, verifying each against its digest."""
     if sub is None:
         raise SystemExit("cannot replay: the record has no submission (the run stopped before loading it)")
-    missing = sorted(set(sub["files"]) - set(sub["sources"]))
+    missing = sorted(set(sub.files) - set(sub.sources))
     if missing:
         raise SystemExit(f"cannot replay: the record embeds no text for {', '.join(missing)} (binary files)")
-    target = folder / sub["name"]
-    for rel, text in sub["sources"].items():
-        if Path(rel).is_absolute() or ".." in Path(rel).parts or Path(sub["name"]).name != sub["name"]:
-            raise SystemExit(f"cannot replay: embedded source {sub['name']}/{rel} would be written outside {folder}")
+    target = folder / sub.name
+    for rel, text in sub.sources.items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or Path(sub.name).name != sub.name:
+            raise SystemExit(f"cannot replay: embedded source {sub.name}/{rel} would be written outside {folder}")
         data = text.encode("utf-8")
-        if sha256_bytes(data) != sub["files"][rel]:
+        if sha256_bytes(data) != sub.files[rel]:
             raise SystemExit(f"cannot replay: embedded source {rel} does not match its recorded digest")
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         (target / rel).write_bytes(data)
     return target
 
 
-def replay_command(record: dict, submission_dir: Path, out: Path) -> list[str]:
+def replay_command(record: Record, submission_dir: Path, out: Path) -> list[str]:
     """The recorded harness arguments, with the submission and output directory replaced and the recording
     machine's paths (LOCAL_OPTIONS) and --resume left out."""
-    argv = record["command"][3:]  # [python, -m, harness.run, *argv]
+    argv = list(record.command[3:])  # [python, -m, harness.run, *argv]
     original = parse_args(argv)
     rebuilt, skip = [], False
     for token in argv:
@@ -110,18 +103,18 @@ def replay_command(record: dict, submission_dir: Path, out: Path) -> list[str]:
             continue
         rebuilt.append(str(submission_dir) if token == original.submission else token)
     rebuilt += ["--out", str(out)]
-    world_size = record["run"]["world_size"] if record.get("run") else 1
+    world_size = record.run.world_size if record.run else 1
     if world_size > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
                 "-m", "harness.run", *rebuilt]  # fmt: skip
     return [sys.executable, "-m", "harness.run", *rebuilt]
 
 
-def replay(record: dict, out: Path, *, log: Path | None = None, cwd: Path | None = None) -> dict:
+def replay(record: Record, out: Path, *, log: Path | None = None, cwd: Path | None = None) -> Record:
     """Run ``record``'s command again from its embedded sources into ``out`` (which must not exist yet) and return
     the replayed run's record. The run's output goes to ``log`` (else to this process's stdout and stderr)."""
     with tempfile.TemporaryDirectory(prefix="speedrun-replay-") as tmp:
-        submission_dir = materialize_sources(record, Path(tmp))
+        submission_dir = materialize_sources(record.submission, Path(tmp))
         cmd = replay_command(record, submission_dir, out)
         print("+ " + " ".join(cmd), flush=True)
         if log is None:
@@ -129,10 +122,12 @@ def replay(record: dict, out: Path, *, log: Path | None = None, cwd: Path | None
         else:
             with open(log, "w", encoding="utf-8") as f:
                 subprocess.run(cmd, check=False, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+    if not (out / "record.json").is_file():
+        raise ReplayError(f"the replayed run wrote no record in {out}; see {log or 'its output above'}")
     try:
-        return json.loads((out / "record.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ReplayError(f"the replayed run wrote no record in {out} ({e}); see {log or 'its output above'}") from None
+        return Record.read(out / "record.json")
+    except RecordError as e:
+        raise ReplayError(f"the replayed run's record is not valid ({e}); see {log or 'its output above'}") from None
 
 
 def _number(value: object) -> float | None:
@@ -154,12 +149,12 @@ def _close(a, b, rtol: float) -> bool:
     return a is not None and b is not None and abs(a - b) <= rtol * max(abs(a), 1e-12)
 
 
-def loss_rows(old: dict, new: dict) -> list[dict]:
-    device = dig(old, ("run", "device")) or "cpu"
+def loss_rows(old: Record, new: Record) -> list[dict]:
+    device = (old.run and old.run.device) or "cpu"
     rtol = LOSS_RTOL.get(device, LOSS_RTOL["cuda"])
-    replayed = {step: loss for step, loss in new.get("loss_curve") or []}
+    replayed = dict(new.loss_curve)
     worst, where = 0.0, None
-    for step, loss in old.get("loss_curve") or []:
+    for step, loss in old.loss_curve:
         other = replayed.get(step)
         a, b = _number(loss), _number(other)
         if a is None or b is None:  # a point missing on one side, or not a number: as far off as it gets
@@ -170,28 +165,28 @@ def loss_rows(old: dict, new: dict) -> list[dict]:
             worst, where = error, step
     curve = _row(
         "loss curve",
-        f"{len(old.get('loss_curve') or [])} points",
+        f"{len(old.loss_curve)} points",
         "identical" if worst == 0 else f"worst at step {where}: {worst:.2e} relative",
         f"every point within {sci(rtol)} relative",
         worst <= rtol,
     )
-    a, b = dig(old, ("metrics", "final_loss")), dig(new, ("metrics", "final_loss"))
+    a, b = old.metrics.final_loss, new.metrics.final_loss
     final = _row("final loss", a, b, f"within {sci(rtol)} relative", (a is None and b is None) or _close(a, b, rtol))
     return [curve, final]
 
 
-def core_row(old: dict, new: dict) -> dict:
-    a, b = _number(dig(old, ("metrics", "core"))), _number(dig(new, ("metrics", "core")))
+def core_row(old: Record, new: Record) -> dict:
+    a, b = _number(old.metrics.core), _number(new.metrics.core)
     ok = (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= CORE_ATOL)
-    return _row("CORE", dig(old, ("metrics", "core")), dig(new, ("metrics", "core")), f"within {CORE_ATOL}", ok)
+    return _row("CORE", old.metrics.core, new.metrics.core, f"within {CORE_ATOL}", ok)
 
 
-def time_row(old: dict, new: dict) -> dict:
+def time_row(old: Record, new: Record) -> dict:
     """The recorded training time against the replay's, normalised by the machines' matmul calibration."""
-    rel = TIME_TOLERANCE.get(old.get("profile"), TIME_TOLERANCE["gpu"])
-    recorded, replayed = _number(old.get("training_time_s")), _number(new.get("training_time_s"))
-    c_old = _number(dig(old, ("calibration", "matmul_tflops")))
-    c_new = _number(dig(new, ("calibration", "matmul_tflops")))
+    rel = TIME_TOLERANCE.get(old.profile, TIME_TOLERANCE["gpu"])
+    recorded, replayed = _number(old.training_time_s), _number(new.training_time_s)
+    c_old = _number(old.calibration.get("matmul_tflops"))
+    c_new = _number(new.calibration.get("matmul_tflops"))
     low, high = CALIBRATION_BOUNDS
     factor = min(max(c_new / c_old, low), high) if c_old and c_new else 1.0
     rule = f"at least {1 - rel:.2f} x the replay's x calibration factor {factor:.3f}"
@@ -202,14 +197,14 @@ def time_row(old: dict, new: dict) -> dict:
     return _row("training time", round(recorded, 3), f"{replayed:.3f} (normalised {expected:.3f})", rule, ok)
 
 
-def compare(old: dict, new: dict) -> list[dict]:
+def compare(old: Record, new: Record) -> list[dict]:
     rows = []
-    for name, path in EXACT.items():
-        a, b = dig(old, path), dig(new, path)
+    for name, read in EXACT.items():
+        a, b = read(old), read(new)
         rows.append(_row(name, a, b, "identical", a == b))
     rows += loss_rows(old, new)
-    for name, (path, rel) in APPROX.items():
-        a, b = dig(old, path), dig(new, path)
+    for name, (read, rel) in APPROX.items():
+        a, b = read(old), read(new)
         rows.append(_row(name, a, b, f"within {sci(rel)} relative", (a is None and b is None) or _close(a, b, rel)))
     rows.append(core_row(old, new))
     rows.append(time_row(old, new))
@@ -229,17 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="directory for the replayed run (default: a temporary one)")
     p.add_argument("--json", type=Path, help="write the comparison as JSON here")
     args = p.parse_args(argv)
-    path = args.record
+    path = args.record / "record.json" if args.record.is_dir() else args.record
     try:
-        if path.is_dir():
-            path = path / "record.json"
-        old = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        p.error(f"cannot read record {path}: {exc}")
-    errors = validate_record(old)
-    if errors:
-        shown = "\n  ".join(errors[:10]) + ("\n  ..." if len(errors) > 10 else "")
-        p.error(f"{path} is not a valid run record (harness/record.schema.json):\n  {shown}")
+        old = Record.read(path)
+    except (RecordError, RecursionError) as exc:
+        p.error(f"cannot replay {path}: {exc}")
     with tempfile.TemporaryDirectory(prefix="speedrun-replay-out-") as tmp:
         try:
             new = replay(old, args.out or Path(tmp) / "run")

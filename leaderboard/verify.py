@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.fileio import file_lock
-from harness.record import REPO_ROOT, harness_digest
+from harness.record import REPO_ROOT, Record, harness_digest
 from harness.replay import ReplayError, compare, replay
 from leaderboard.store import (
     PACKAGE_DIR,
@@ -115,12 +115,13 @@ def verify_run(run: Run, scratch: Path, keep: Path | None = None) -> dict:
     print(f"replaying seed {run.seed} of {run.path.parent.name} (output in {log})", flush=True)
     checkout = harness_checkout(run.record, scratch)
     harness = "this checkout" if checkout == REPO_ROOT else f"commit {run.record['harness']['commit']} (git archive)"
+    recorded = Record.from_json(run.record)  # a filed record: the store checked it against the schema
     try:
-        new = replay(run.record, out, log=log, cwd=checkout)
+        new = replay(recorded, out, log=log, cwd=checkout)
     except ReplayError as e:
         tail = log.read_text(encoding="utf-8", errors="replace")[-2000:] if log.exists() else ""
         return {"seed": run.seed, "ok": False, "rows": [], "harness": harness, "problem": f"{e}\n{tail}"}
-    rows = compare(run.record, new)
+    rows = compare(recorded, new)
     return {
         "seed": run.seed,
         "ok": all(r["ok"] for r in rows),

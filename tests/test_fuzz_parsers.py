@@ -39,7 +39,7 @@ from harness.clock import read_events
 from harness.data import CATALOG_DIR, DatasetSpec, ManifestError, parse_shards, read_lock
 from harness.export import ExportError, load_program
 from harness.fileio import sha256_file
-from harness.record import validate_record
+from harness.record import Submission, validate_record
 from harness.run import parse_args
 from harness.tokenizer import Tokenizer
 from leaderboard import __main__ as leaderboard_cli
@@ -188,7 +188,7 @@ def test_replay_refuses_embedded_sources_that_would_escape_its_folder(tmp_path):
     record["submission"]["sources"] = {"../../escaped.py": "x = 1\n"}
     record["submission"]["files"] = {"../../escaped.py": "0" * 64}
     with pytest.raises(SystemExit, match="outside"):
-        replay_cli.materialize_sources(record, tmp_path / "a" / "b")
+        replay_cli.materialize_sources(Submission.from_json(record["submission"]), tmp_path / "a" / "b")
     assert not (tmp_path / "escaped.py").exists()
 
 

@@ -11,12 +11,13 @@ import copy
 import pytest
 from helpers_leaderboard import sample_record
 
+from harness.record import Record
 from harness.replay import CALIBRATION_BOUNDS, CORE_ATOL, LOSS_RTOL, TIME_TOLERANCE, compare, replay_command, sci
 from leaderboard.store import PACKAGE_DIR
 
 
 def failed(old: dict, new: dict) -> dict[str, dict]:
-    return {row["what"]: row for row in compare(old, new) if not row["ok"]}
+    return {row["what"]: row for row in compare(Record.from_json(old), Record.from_json(new)) if not row["ok"]}
 
 
 def test_a_record_compared_with_itself_passes_every_rule():
@@ -83,7 +84,7 @@ def test_the_replay_command_leaves_out_the_recording_machines_paths(tmp_path):
     record["command"] = ["python", "-m", "harness.run", "submissions/x", "--profile", "cpu", *local, "--seed", "1",
                          "--out", "/a/run", "--resume"]  # fmt: skip
     record["run"]["world_size"] = 1
-    cmd = replay_command(record, tmp_path / "sub", tmp_path / "out")
+    cmd = replay_command(Record.from_json(record), tmp_path / "sub", tmp_path / "out")
     assert cmd[1:] == ["-m", "harness.run", str(tmp_path / "sub"), "--profile", "cpu", "--seed", "1", "--out",
                        str(tmp_path / "out")]  # fmt: skip
 
