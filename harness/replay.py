@@ -224,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="directory for the replayed run (default: a temporary one)")
     p.add_argument("--json", type=Path, help="write the comparison as JSON here")
     args = p.parse_args(argv)
-    path = args.record / "record.json" if args.record.is_dir() else args.record
-    try:
+    try:  # is_dir() too raises OSError, for a name longer than the file system allows
+        path = args.record / "record.json" if args.record.is_dir() else args.record
         old = Record.read(path)
-    except (RecordError, RecursionError) as exc:
-        p.error(f"cannot replay {path}: {exc}")
+    except (OSError, RecordError, RecursionError) as exc:
+        p.error(f"cannot replay {args.record}: {exc}")
     with tempfile.TemporaryDirectory(prefix="speedrun-replay-out-") as tmp:
         try:
             new = replay(old, args.out or Path(tmp) / "run")

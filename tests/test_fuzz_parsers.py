@@ -183,6 +183,13 @@ def test_replay_of_a_missing_record_exits_2_naming_the_path(tmp_path):
     assert exit_info.value.code == 2 and "nope.json" in stderr.getvalue()
 
 
+def test_replay_of_a_name_too_long_for_the_file_system_exits_2_naming_it(tmp_path):
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
+        replay_cli.main([str(tmp_path / LONG_NAME)])
+    assert exit_info.value.code == 2 and LONG_NAME in stderr.getvalue() and "File name too long" in stderr.getvalue()
+
+
 def test_replay_refuses_embedded_sources_that_would_escape_its_folder(tmp_path):
     record = sample_record(1)
     record["submission"]["sources"] = {"../../escaped.py": "x = 1\n"}
