@@ -33,12 +33,12 @@ def _entry_data(j: Judged, board: str) -> dict:
     e = j.entry
     tasks = []
     for run in e.runs:
-        per_task = (run.record.get("metrics") or {}).get("core_tasks") or {}
-        values = {str(label): finite(t.get("centered")) for label, t in per_task.items() if isinstance(t, dict)}
+        per_task = run.record.metrics.core_tasks
+        values = {str(label): finite(task.get("centered")) for label, task in per_task.items()}  # schema: objects
         tasks.append({label: v for label, v in values.items() if v is not None})
     curves = []
     for run in e.runs:
-        points = thin(run_curves(run.record, run.events).loss, MAX_CURVE_POINTS)
+        points = thin(run_curves(run.data, run.events).loss, MAX_CURVE_POINTS)
         curves.append({"seed": run.seed, "points": [[p.step, round(p.value, 6), _round(p.time_s, 3)] for p in points]})
     core = j.assessment.core
     return {

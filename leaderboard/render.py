@@ -72,11 +72,11 @@ def finite(value: object) -> float | None:
 
 
 def _metric(entry: Entry, key: str) -> list[float | None]:
-    return [finite((run.record.get("metrics") or {}).get(key)) for run in entry.runs]
+    return [finite(getattr(run.record.metrics, key)) for run in entry.runs]
 
 
 def _times(entry: Entry) -> list[float | None]:
-    return [finite(run.record.get("training_time_s")) for run in entry.runs]
+    return [finite(run.record.training_time_s) for run in entry.runs]
 
 
 def verification_note(entry: Entry) -> str:
@@ -117,7 +117,7 @@ def judge_dev_board(entries: list[Entry], target: float) -> list[Judged]:
         if partial:
             cores = _metric(entry, "core_partial")
         a = referee.assess(_times(entry), cores, _metric(entry, "val_bpb"), target)
-        why = sorted({c.name for run in entry.runs for c in record_track_checks(run.record) if not c.passed})
+        why = sorted({c.name for run in entry.runs for c in record_track_checks(run.data) if not c.passed})
         status = f"development ({', '.join(why)})" if why else "development (record-eligible runs filed here)"
         note = verification_note(entry)
         status += f"; {note}" if note else ""
@@ -219,7 +219,7 @@ def dev_frame(judged: list[Judged], markdown: bool = True) -> pd.DataFrame:
     rows = []
     for j in judged:
         row = _entry_row(j, f"records/{j.entry.path.name}/stats.md" if markdown else None)  # from dev/README.md
-        profiles = ", ".join(sorted({str(run.record.get("profile")) for run in j.entry.runs}))
+        profiles = ", ".join(sorted({str(run.record.profile) for run in j.entry.runs}))
         row["profile"] = md(profiles) if markdown else _cell_text(profiles)
         rows.append(row)
     return pd.DataFrame(rows, columns=DEV_COLUMNS)
@@ -261,18 +261,18 @@ def stats_markdown(j: Judged, target: float) -> str:
     meta = e.meta
     rows = []
     for run in e.runs:
-        rec, metrics, time_s = run.record, run.record.get("metrics") or {}, finite(run.record.get("training_time_s"))
+        rec, time_s = run.record, finite(run.record.training_time_s)
         rows.append(
             {
                 "seed": md(run.seed),
-                "status": md(rec.get("status")),
-                "profile": md(rec.get("profile")),
+                "status": md(rec.status),
+                "profile": md(rec.profile),
                 "time (h)": _num(None if time_s is None else time_s / 3600, 4),
-                "CORE": _num(finite(metrics.get("core")), 4),
-                "core_partial": _num(finite(metrics.get("core_partial")), 4),
-                "val_bpb": _num(finite(metrics.get("val_bpb")), 5),
-                "steps": md(rec.get("steps_completed")),
-                "started": md(rec.get("started_at")),
+                "CORE": _num(finite(rec.metrics.core), 4),
+                "core_partial": _num(finite(rec.metrics.core_partial), 4),
+                "val_bpb": _num(finite(rec.metrics.val_bpb), 5),
+                "steps": md(rec.steps_completed),
+                "started": md(rec.started_at),
             }
         )
     runs = pd.DataFrame(rows)

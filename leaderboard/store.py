@@ -32,6 +32,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 from harness.clock import read_events as harness_read_events
@@ -80,12 +81,17 @@ class Run:
     """One run as stored: its directory, its record and its event log."""
 
     path: Path
-    record: dict
+    data: dict  # record.json as read: the schema and evidence checks look at it as it is, well-formed or not
     events: list[dict]
+
+    @cached_property
+    def record(self) -> Record:
+        """The record, typed (harness.record.Record): for a run whose record passed the schema check."""
+        return Record.from_json(self.data)
 
     @property
     def seed(self) -> int:
-        return self.record["run"]["seed"]
+        return self.record.run.seed
 
 
 @dataclass
@@ -185,7 +191,7 @@ def check_runs(
     cross-run checks compare each other run with the first well-formed one."""
     if track not in TRACKS:
         raise LeaderboardError(f"unknown track {track!r}; choose one of {', '.join(TRACKS)}")
-    schema_errors = {label: _schema_errors(run.record) for label, run in zip(labels, runs, strict=True)
+    schema_errors = {label: _schema_errors(run.data) for label, run in zip(labels, runs, strict=True)
                      if isinstance(run, Run)}  # fmt: skip
     # Cross-run checks compare with the first run that is readable and well-formed.
     valid = [(label, run) for label, run in zip(labels, runs, strict=True) if label in schema_errors
@@ -198,7 +204,7 @@ def check_runs(
         if not isinstance(run, Run):
             out[label] = [Check("readable", False, str(run))]
             continue
-        rec = run.record
+        rec = run.data
         checks = [Check("readable", True)]
         errors = schema_errors[label]
         checks.append(Check("schema", not errors, "; ".join(errors[:5]) + (" ..." if len(errors) > 5 else "")))
@@ -213,10 +219,10 @@ def check_runs(
             checks += record_track_checks(rec)
         for section in PINNED:
             checks.append(_digest_check(section, rec, track, pins[section], first, first_label))
-        checks.append(_source_check(rec, first.record, first_label))
-        checks.append(_harness_check(rec, first.record, first_label))
-        if track == "dev" and rec["profile"] != first.record["profile"]:
-            reason = f"profile {rec['profile']!r} but {first_label} ran {first.record['profile']!r}; file each "
+        checks.append(_source_check(rec, first.data, first_label))
+        checks.append(_harness_check(rec, first.data, first_label))
+        if track == "dev" and rec["profile"] != first.data["profile"]:
+            reason = f"profile {rec['profile']!r} but {first_label} ran {first.data['profile']!r}; file each "
             checks.append(Check("profile", False, reason + "profile as its own entry"))
         seed = rec["run"]["seed"] if rec["run"] else None
         if seed is None:
@@ -262,7 +268,7 @@ def _digest_check(section: str, rec: dict, track: str, pin: dict, first: Run, fi
         problem = pins_module.PROBLEMS[section](rec, pin)
         if problem:
             return Check(name, False, problem)
-    digest, expected = _get(rec, section, "digest"), _get(first.record, section, "digest")
+    digest, expected = _get(rec, section, "digest"), _get(first.data, section, "digest")
     return Check(
         name,
         digest == expected,
@@ -356,12 +362,12 @@ def add_entry(
         if any(not c.passed for run_checks in checks.values() for c in run_checks):
             raise RejectedRuns(checks)
         good = [run for run in runs if isinstance(run, Run)]  # all of them: every run passed "readable"
-        first = good[0].record
+        first = good[0].data
         name = name or first["submission"]["name"]
         if not NAME_RE.fullmatch(name):
             raise LeaderboardError(f"name {name!r}: use letters, digits, '.', '_' or '-' (at most 64); pass --name")
         text = _writeup(first, writeup, track)
-        date = min(_started(r.record) for r in good).strftime("%Y-%m-%d")
+        date = min(_started(r.data) for r in good).strftime("%Y-%m-%d")
         track_dir = root / TRACK_DIRS[track]
         dest = track_dir / f"{date}_{name}"
         if dest.exists():

@@ -77,16 +77,16 @@ def choose_runs(entry: Entry, runs: int | None, seeds: Sequence[int] = ()) -> li
     return sorted(random.SystemRandom().sample(entry.runs, k), key=lambda run: run.seed)
 
 
-def harness_checkout(record: dict, scratch: Path) -> Path:
+def harness_checkout(record: Record, scratch: Path) -> Path:
     """A folder holding the harness the record ran: this checkout when its code has the record's digest, else the
     record's commit extracted from git (refused when the record's harness had uncommitted changes)."""
-    harness = record["harness"]
-    if harness.get("source_digest") == harness_digest():
+    harness = record.harness
+    if harness.source_digest == harness_digest():
         return REPO_ROOT
-    commit = harness.get("commit")
-    if harness.get("dirty") is not False or not commit:
+    commit = harness.commit
+    if harness.dirty is not False or not commit:
         raise LeaderboardError(
-            f"the run's harness (digest {str(harness.get('source_digest'))[:12]}) is not this checkout's and had "
+            f"the run's harness (digest {str(harness.source_digest)[:12]}) is not this checkout's and had "
             "uncommitted changes (or no commit): it cannot be rebuilt; verify from the checkout that ran it"
         )
     folder = scratch / f"harness-{commit[:12]}"
@@ -99,10 +99,10 @@ def harness_checkout(record: dict, scratch: Path) -> Path:
     # The commit's own code computes its digest, as its referee did when the run started.
     out = subprocess.run([sys.executable, "-c", "from harness.record import harness_digest; print(harness_digest())"],
                          cwd=folder, capture_output=True, text=True)  # fmt: skip
-    if out.stdout.strip() != harness.get("source_digest"):
+    if out.stdout.strip() != harness.source_digest:
         raise LeaderboardError(
             f"commit {commit[:12]}'s harness has digest {out.stdout.strip()[:12] or out.stderr[-200:]}, not the "
-            f"record's {str(harness.get('source_digest'))[:12]}: the record does not describe that commit"
+            f"record's {str(harness.source_digest)[:12]}: the record does not describe that commit"
         )
     return folder
 
@@ -114,14 +114,13 @@ def verify_run(run: Run, scratch: Path, keep: Path | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"replaying seed {run.seed} of {run.path.parent.name} (output in {log})", flush=True)
     checkout = harness_checkout(run.record, scratch)
-    harness = "this checkout" if checkout == REPO_ROOT else f"commit {run.record['harness']['commit']} (git archive)"
-    recorded = Record.from_json(run.record)  # a filed record: the store checked it against the schema
+    harness = "this checkout" if checkout == REPO_ROOT else f"commit {run.record.harness.commit} (git archive)"
     try:
-        new = replay(recorded, out, log=log, cwd=checkout)
+        new = replay(run.record, out, log=log, cwd=checkout)
     except ReplayError as e:
         tail = log.read_text(encoding="utf-8", errors="replace")[-2000:] if log.exists() else ""
         return {"seed": run.seed, "ok": False, "rows": [], "harness": harness, "problem": f"{e}\n{tail}"}
-    rows = compare(recorded, new)
+    rows = compare(run.record, new)
     return {
         "seed": run.seed,
         "ok": all(r["ok"] for r in rows),

@@ -23,12 +23,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers_leaderboard import sample_record
 
 from harness.compare import (
     BASE_METRICS,
     Metric,
     compare_metric,
     compare_runs,
+    eligibility,
     fixed_step_losses,
     main,
     plan_runs,
@@ -287,3 +289,10 @@ def test_a_deliberately_slower_copy_is_significantly_slower_by_its_delay_at_two_
     transfer = {t["metric"]: t["verdict"] for t in report["transfer"]}
     assert transfer["training time (s)"] in ("holds", "sign holds, size differs")  # slower at both depths
     assert transfer["final loss"] == "identical at every depth"
+
+
+def test_the_report_says_what_the_referee_judges_of_the_compared_runs():
+    eligible = [Record.from_json(sample_record(seed)) for seed in (1, 2)]
+    assert eligibility(eligible) == "every run is eligible"
+    smoke = Record.from_json(sample_record(3, profile="cpu", eligible=False))
+    assert eligibility([*eligible, smoke]) == "not eligible: profile 'cpu' is not the record profile (8xh100)"

@@ -146,7 +146,7 @@ def test_a_damaged_record_json_is_refused_by_the_leaderboard_naming_the_file(scr
     except store.LeaderboardError as e:
         assert str(run / "record.json") in str(e)
     else:
-        assert isinstance(loaded.record, dict)
+        assert isinstance(loaded.data, dict)
 
 
 @FEW
