@@ -117,7 +117,7 @@ def judge_dev_board(entries: list[Entry], target: float) -> list[Judged]:
         if partial:
             cores = _metric(entry, "core_partial")
         a = referee.assess(_times(entry), cores, _metric(entry, "val_bpb"), target)
-        why = sorted({c.name for run in entry.runs for c in record_track_checks(run.data) if not c.passed})
+        why = sorted({c.name for run in entry.runs for c in record_track_checks(run.record) if not c.passed})
         status = f"development ({', '.join(why)})" if why else "development (record-eligible runs filed here)"
         note = verification_note(entry)
         status += f"; {note}" if note else ""

@@ -215,16 +215,17 @@ def check_runs(
             continue
         # The record against the evidence beside it (events.jsonl, the referee's clock, the plan, git).
         checks += [Check(name, not reason, reason) for name, reason in run_problems(run.path, rec, run.events).items()]
+        record = run.record  # well-formed from here on: the typed record
         if track == "record":
-            checks += record_track_checks(rec)
+            checks += record_track_checks(record)
         for section in PINNED:
             checks.append(_digest_check(section, rec, track, pins[section], first, first_label))
-        checks.append(_source_check(rec, first.data, first_label))
-        checks.append(_harness_check(rec, first.data, first_label))
-        if track == "dev" and rec["profile"] != first.data["profile"]:
-            reason = f"profile {rec['profile']!r} but {first_label} ran {first.data['profile']!r}; file each "
+        checks.append(_source_check(record, first.record, first_label))
+        checks.append(_harness_check(record, first.record, first_label))
+        if track == "dev" and record.profile != first.record.profile:
+            reason = f"profile {record.profile!r} but {first_label} ran {first.record.profile!r}; file each "
             checks.append(Check("profile", False, reason + "profile as its own entry"))
-        seed = rec["run"]["seed"] if rec["run"] else None
+        seed = record.run.seed if record.run else None
         if seed is None:
             reason = "the record names no seed: the run stopped before training was planned; there is nothing to file"
             checks.append(Check("seed", False, reason))
@@ -234,17 +235,16 @@ def check_runs(
         else:
             seen_seeds[seed] = label
             checks.append(Check("seed", True))
-        checks.append(_stream_check(rec, label, seen_streams))
+        checks.append(_stream_check(record, label, seen_streams))
         out[label] = checks
     return out
 
 
-def record_track_checks(rec: dict) -> list[Check]:
+def record_track_checks(record: Record) -> list[Check]:
     """The referee's verdict on the record, judged again here (harness.referee.judge), and the verdict the record
     carries, which must be the same: a record whose eligibility was edited by hand is refused."""
     fix = "file it on the development board instead (--track dev)"
-    verdict = judge(Record.from_json(rec))  # the schema check above passed
-    stored = rec.get("eligibility") or {}
+    verdict = judge(record)
     return [
         Check(
             "eligibility",
@@ -253,7 +253,7 @@ def record_track_checks(rec: dict) -> list[Check]:
         ),
         Check(
             "verdict",
-            stored == verdict.to_json(),
+            record.eligibility == verdict,
             "the record's eligibility differs from the referee's judgement of the record itself: it was edited "
             "after the run; file the record the harness wrote",
         ),
@@ -277,11 +277,12 @@ def _digest_check(section: str, rec: dict, track: str, pin: dict, first: Run, fi
     )
 
 
-def _source_check(rec: dict, first: dict, first_label: str) -> Check:
-    digest, expected = _get(rec, "submission", "source_digest"), _get(first, "submission", "source_digest")
+def _source_check(record: Record, first: Record, first_label: str) -> Check:
+    ours, theirs = record.submission, first.submission
+    digest, expected = ours and ours.source_digest, theirs and theirs.source_digest
     if digest == expected:
         return Check("submission source", True)
-    files, first_files = _get(rec, "submission", "files") or {}, _get(first, "submission", "files") or {}
+    files, first_files = (ours.files if ours else {}), (theirs.files if theirs else {})
     changed = sorted(p for p in set(files) | set(first_files) if files.get(p) != first_files.get(p))
     return Check(
         "submission source",
@@ -292,11 +293,11 @@ def _source_check(rec: dict, first: dict, first_label: str) -> Check:
     )
 
 
-def _harness_check(rec: dict, first: dict, first_label: str) -> Check:
+def _harness_check(record: Record, first: Record, first_label: str) -> Check:
     """The same referee for every run: the same commit and, where both records carry it, the same digest of the
     harness, eval and baseline code (which differs from the commit's when the harness was dirty)."""
     for key, what in (("commit", "commit"), ("source_digest", "code digest")):
-        ours, theirs = _get(rec, "harness", key), _get(first, "harness", key)
+        ours, theirs = getattr(record.harness, key), getattr(first.harness, key)
         if key == "source_digest" and (ours is None or theirs is None):
             continue
         if ours != theirs:
@@ -309,9 +310,9 @@ def _harness_check(rec: dict, first: dict, first_label: str) -> Check:
     return Check("harness", True)
 
 
-def _stream_check(rec: dict, label: str, seen: dict[str, str]) -> Check:
+def _stream_check(record: Record, label: str, seen: dict[str, str]) -> Check:
     """Distinct seeds read distinct data: two runs with one stream digest are one run filed twice."""
-    stream = _get(rec, "data", "stream_digest")
+    stream = record.data.stream_digest if record.data else None
     if stream is None:
         return Check("stream digest", True)
     if stream in seen:
