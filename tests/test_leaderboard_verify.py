@@ -21,6 +21,7 @@ import pytest
 from helpers_leaderboard import head_commit, mark_verified, new_board, resign, sample_record, write_run
 
 from harness.fileio import sha256_file
+from harness.record import Record
 from leaderboard.store import LeaderboardError, add_entry, load_entry
 from leaderboard.verify import choose_runs, find_entry, harness_checkout
 
@@ -142,10 +143,10 @@ def test_verify_re_runs_k_distinct_runs_or_the_seeds_asked_for(sample_board):
 def test_a_run_whose_harness_is_not_its_commits_cannot_be_verified(tmp_path):
     record = sample_record(1, commit=head_commit(), harness_digest="d" * 64)
     with pytest.raises(LeaderboardError, match="harness has digest .* not the record's dddddddddddd"):
-        harness_checkout(record, tmp_path)
+        harness_checkout(Record.from_json(record), tmp_path)
     record["harness"]["dirty"] = True
     with pytest.raises(LeaderboardError, match="had uncommitted changes .* verify from the checkout that ran it"):
-        harness_checkout(record, tmp_path)
+        harness_checkout(Record.from_json(record), tmp_path)
 
 
 def test_the_entry_keeps_every_verification_and_the_latest_counts(sample_board):
