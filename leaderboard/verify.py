@@ -127,11 +127,11 @@ def verify_run(run: Run, scratch: Path, keep: Path | None = None) -> dict:
         "rows": rows,
         "harness": harness,
         "replay": {
-            "status": new.get("status"),
-            "harness_commit": (new.get("harness") or {}).get("commit"),
-            "calibration": new.get("calibration"),
-            "gpus": [g.get("name") for g in (new.get("fingerprint") or {}).get("gpus", [])],
-            "cpu_model": (new.get("fingerprint") or {}).get("cpu_model"),
+            "status": new.status,
+            "harness_commit": new.harness.commit,
+            "calibration": dict(new.calibration),
+            "gpus": [g.get("name") for g in (new.fingerprint or {}).get("gpus", [])],
+            "cpu_model": (new.fingerprint or {}).get("cpu_model"),
         },
     }
 
