@@ -67,11 +67,6 @@ def _empty() -> Mapping:
     return MappingProxyType({})
 
 
-def _key_order():
-    """The keys of the JSON object a Section was read from, in order: bookkeeping, not part of its value."""
-    return dataclasses.field(default=(), compare=False, repr=False)
-
-
 def _thaw(value: Any) -> Any:
     """The JSON a frozen value came from."""
     if isinstance(value, Section):
@@ -83,13 +78,15 @@ def _thaw(value: Any) -> Any:
     return value
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Section:
     """One JSON object of a record as a frozen dataclass: its declared fields typed (a field whose value is itself a
     Section is built as one), every other key kept read-only in ``extra``, and the keys as read, so that
     ``from_json(data).to_json() == data`` (one built in code has every declared field)."""
 
     SECTIONS: ClassVar[dict[str, type[Section]]] = {}  # field name -> the Section class its value is read into
+    extra: Mapping = dataclasses.field(default_factory=_empty)  # keys the type does not declare, read-only
+    keys: tuple[str, ...] = dataclasses.field(default=(), compare=False, repr=False)  # the keys as read, in order
 
     @classmethod
     def from_json(cls, data: Mapping | None):
@@ -97,10 +94,9 @@ class Section:
             return None
         declared = {f.name for f in dataclasses.fields(cls)} - {"extra", "keys"}
         values = {}
-        for name in declared:
-            value = data.get(name)
+        for name in declared & data.keys():  # a key the JSON lacks keeps the field's default
             section = cls.SECTIONS.get(name)
-            values[name] = section.from_json(value) if section is not None else _freeze(value)
+            values[name] = section.from_json(data[name]) if section is not None else _freeze(data[name])
         extra = {key: value for key, value in data.items() if key not in declared}
         return cls(**values, extra=_freeze(extra), keys=tuple(data))
 
@@ -116,8 +112,6 @@ class Verdict(Section):
 
     eligible: bool = False
     reasons: tuple[str, ...] = ()
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +126,6 @@ class Metrics(Section):
     mfu: float | None = None
     step_time_median_s: float | None = None
     peak_memory_gb: float | None = None
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
 
     @property
     def score(self) -> float | None:
@@ -149,8 +141,6 @@ class Submission(Section):
     overrides: tuple[str, ...] = ()
     files: Mapping = dataclasses.field(default_factory=_empty)  # relative path -> sha256
     sources: Mapping = dataclasses.field(default_factory=_empty)  # relative path -> text
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +151,6 @@ class Harness(Section):
     source_digest: str | None = None
     changed: tuple[str, ...] = ()
     changed_sources: Mapping = dataclasses.field(default_factory=_empty)
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +160,6 @@ class RunInfo(Section):
     dtype: str | None = None
     depth: int | None = None  # the depth of the model that trained
     device: str | None = None
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +170,6 @@ class PlanInfo(Section):
     seq_len: int = 0
     grad_accum: int = 1
     flops_per_token: float = 0.0
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,8 +180,12 @@ class DataInfo(Section):
     stream_digest: str | None = None
     tokens_consumed: int = 0
     not_eligible: tuple[str, ...] | None = None
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerInfo(Section):
+    digest: str = ""
+    vocab_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,16 +194,12 @@ class BundleInfo(Section):
     digest: str = ""
     missing_labels: tuple[str, ...] = ()
     max_per_task: int | None = None  # -1: every record
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
 
 
 @dataclasses.dataclass(frozen=True)
 class ErrorInfo(Section):
     message: str = ""
     traceback: str = ""
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +217,7 @@ class Record(Section):
         "run": RunInfo,
         "plan": PlanInfo,
         "data": DataInfo,
+        "tokenizer": TokenizerInfo,
         "eval_bundle": BundleInfo,
         "metrics": Metrics,
         "error": ErrorInfo,
@@ -254,7 +239,7 @@ class Record(Section):
     run: RunInfo | None = None
     plan: PlanInfo | None = None
     data: DataInfo | None = None
-    tokenizer: Mapping | None = None
+    tokenizer: TokenizerInfo | None = None
     eval_bundle: BundleInfo | None = None
     training_time_s: float = 0.0
     wall_time_s: float = 0.0
@@ -269,8 +254,6 @@ class Record(Section):
     watch: Mapping | None = None  # what the referee's file watch saw
     program: Mapping | None = None  # the exported model the referee evaluated: path, sha256
     checkpoint: str | None = None  # where an interrupted run can resume from
-    extra: Mapping = dataclasses.field(default_factory=_empty)
-    keys: tuple[str, ...] = _key_order()
 
     @classmethod
     def from_json(cls, data: Mapping) -> Record:

@@ -45,7 +45,7 @@ EXACT = {
     "tokens": lambda r: r.data and r.data.tokens_consumed,
     "data stream digest": lambda r: r.data and r.data.stream_digest,
     "data digest": lambda r: r.data and r.data.digest,
-    "tokenizer digest": lambda r: r.tokenizer and r.tokenizer["digest"],
+    "tokenizer digest": lambda r: r.tokenizer and r.tokenizer.digest,
     "eval bundle digest": lambda r: r.eval_bundle and r.eval_bundle.digest,
     "submission digest": lambda r: r.submission and r.submission.source_digest,
     "status": lambda r: r.status,

@@ -162,15 +162,6 @@ def _schema_errors(record: dict) -> list[str]:
     return validate_record(record)
 
 
-def _get(record: dict, *keys: str):
-    value = record
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Checks
 
@@ -219,7 +210,7 @@ def check_runs(
         if track == "record":
             checks += record_track_checks(record)
         for section in PINNED:
-            checks.append(_digest_check(section, rec, track, pins[section], first, first_label))
+            checks.append(_digest_check(section, run, track, pins[section], first, first_label))
         checks.append(_source_check(record, first.record, first_label))
         checks.append(_harness_check(record, first.record, first_label))
         if track == "dev" and record.profile != first.record.profile:
@@ -260,15 +251,16 @@ def record_track_checks(record: Record) -> list[Check]:
     ]
 
 
-def _digest_check(section: str, rec: dict, track: str, pin: dict, first: Run, first_label: str) -> Check:
+def _digest_check(section: str, run: Run, track: str, pin: dict, first: Run, first_label: str) -> Check:
     """On the record track, the section against the committed pin; on both, the same digest as the first run."""
     name = {"data": "pinned data", "tokenizer": "tokenizer", "eval_bundle": "eval bundle"}[section]
     what = section.replace("_", " ")
     if track == "record":
-        problem = pins_module.PROBLEMS[section](rec, pin)
+        problem = pins_module.PROBLEMS[section](run.data, pin)
         if problem:
             return Check(name, False, problem)
-    digest, expected = _get(rec, section, "digest"), _get(first.data, section, "digest")
+    ours, theirs = getattr(run.record, section), getattr(first.record, section)  # data, tokenizer, eval_bundle
+    digest, expected = ours and ours.digest, theirs and theirs.digest
     return Check(
         name,
         digest == expected,

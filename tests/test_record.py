@@ -66,3 +66,11 @@ def test_a_verdict_round_trips_through_the_record_it_is_stored_in(tmp_path):
     path = tmp_path / "record.json"
     path.write_text(json.dumps(data))
     assert Record.read(path).eligibility == verdict
+
+
+def test_a_key_the_json_lacks_reads_as_the_fields_default_and_is_not_written_back():
+    data = sample_record()
+    del data["metrics"]["core_tasks"]  # optional in the schema
+    record = Record.from_json(data)
+    assert record.metrics.core_tasks == {} and record.tokenizer.digest == data["tokenizer"]["digest"]
+    assert record.to_json() == data
