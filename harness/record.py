@@ -177,6 +177,7 @@ class DataInfo(Section):
     dataset: str = ""
     digest: str = ""
     pinned: bool = False
+    shards: Mapping[str, str] | None = None  # shard file -> sha256 (pinned datasets)
     stream_digest: str | None = None
     tokens_consumed: int = 0
     not_eligible: tuple[str, ...] | None = None
@@ -242,6 +243,7 @@ class Record(Section):
     tokenizer: TokenizerInfo | None = None
     eval_bundle: BundleInfo | None = None
     training_time_s: float = 0.0
+    training_time_observed_s: float | None = None  # the timed steps as the referee saw them (None: not recorded)
     wall_time_s: float = 0.0
     phases: Mapping = dataclasses.field(default_factory=_empty)
     steps_completed: int = 0

@@ -1,7 +1,7 @@
 """What ``leaderboard add`` re-derives from a run's own files before it believes the record.
 
-    problems = run_problems(run_dir, record, events)    # {check name: reason}, a reason "" when the check passed
-    commit_problem(record["harness"]["commit"])          # "" when the commit is in this repository's history
+    problems = run_problems(run_dir, record, events)    # record: a typed Record; {check name: reason or ""}
+    commit_problem(record.harness.commit)                # "" when the commit is in this repository's history
 
 A record is only as good as its consistency with the evidence beside it: the sha256 the referee wrote into
 events.jsonl when it wrote record.json (``harness.record.record_digest_problem``), the per-step times in the
@@ -18,7 +18,7 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-from harness.record import REPO_ROOT, record_digest_problem
+from harness.record import REPO_ROOT, Record, record_digest_problem
 from harness.referee import CLOCK_TOLERANCE
 
 CHECKS = ("record digest", "training time", "step times", "wall time", "tokens", "harness commit")
@@ -34,16 +34,16 @@ def tolerance(seconds: float) -> float:
     return max(share * abs(seconds), floor)
 
 
-def run_problems(run_dir: Path, record: dict, events: list[dict]) -> dict[str, str]:
-    """Every per-run consistency check, by name (CHECKS), with its reason ("" when it passed). ``record`` is valid
-    against the schema; ``events`` is the run's event log as read."""
+def run_problems(run_dir: Path, record: Record, events: list[dict]) -> dict[str, str]:
+    """Every per-run consistency check, by name (CHECKS), with its reason ("" when it passed). ``record`` is the
+    run's typed record (valid against the schema); ``events`` is the run's event log as read."""
     return {
         "record digest": digest_problem(run_dir),
         "training time": clock_problem(record),
         "step times": step_times_problem(record, events),
         "wall time": wall_time_problem(record),
         "tokens": tokens_problem(record),
-        "harness commit": commit_problem(record["harness"].get("commit")),
+        "harness commit": commit_problem(record.harness.commit if record.harness else None),
     }
 
 
@@ -55,12 +55,12 @@ def digest_problem(run_dir: Path) -> str:
     return "" if problem is None else f"{problem}; file the record.json and events.jsonl the run wrote"
 
 
-def clock_problem(record: dict) -> str:
+def clock_problem(record: Record) -> str:
     """The worker's training time against the referee's observation of the same steps."""
-    worker = _number(record.get("training_time_s"))
-    observed = _number(record.get("training_time_observed_s"))
-    train = _number((record.get("phases") or {}).get("train", 0.0))
-    if observed is None and record.get("plan") is None and worker == 0 and not train:
+    worker = _number(record.training_time_s)
+    observed = _number(record.training_time_observed_s)
+    train = _number(record.phases.get("train", 0.0))
+    if observed is None and record.plan is None and worker == 0 and not train:
         return ""  # the run stopped before training was planned: no step was timed by either clock
     if worker is None or observed is None or train is None:
         return "the record has no training_time_observed_s (the referee's clock): it was not written by this harness"
@@ -68,21 +68,21 @@ def clock_problem(record: dict) -> str:
     # A run that stopped mid-step saw part of a step the worker never finished timing: only a finished run's
     # clocks must agree both ways; the worker may never claim more than the referee saw.
     if worker - observed > tolerance(observed) or (
-        record.get("status") == "finished" and observed - worker > tolerance(observed)
+        record.status == "finished" and observed - worker > tolerance(observed)
     ):
         problems.append(
             f"training_time_s {worker:.1f} s but the referee observed {observed:.1f} s (tolerance "
             f"{tolerance(observed):.1f} s)"
         )
     # phases.train is this session's; a resumed run's observed time adds the sessions before it.
-    if (abs(observed - train) if not record.get("resumed") else train - observed) > tolerance(observed):
+    if (abs(observed - train) if not record.resumed else train - observed) > tolerance(observed):
         problems.append(f"training_time_observed_s {observed:.1f} s but phases.train is {train:.1f} s")
     return "; ".join(problems) + ("; the record was edited after the run" if problems else "")
 
 
-def step_times_problem(record: dict, events: list[dict]) -> str:
+def step_times_problem(record: Record, events: list[dict]) -> str:
     """The sum of the step_times events (the worker's time of each step) against training_time_s."""
-    steps, worker = record.get("steps_completed"), _number(record.get("training_time_s"))
+    steps, worker = record.steps_completed, _number(record.training_time_s)
     if worker is None:
         return "training_time_s is missing"
     per_step: dict[int, float] = {}
@@ -110,24 +110,24 @@ def step_times_problem(record: dict, events: list[dict]) -> str:
     return ""
 
 
-def wall_time_problem(record: dict) -> str:
+def wall_time_problem(record: Record) -> str:
     """The referee's phases tile the run: their sum is its wall time."""
-    wall, phases = _number(record.get("wall_time_s")), record.get("phases") or {}
+    wall, phases = _number(record.wall_time_s), record.phases
     total = sum(v for v in (_number(p) for p in phases.values()) if v is not None)
     if wall is None or abs(total - wall) > tolerance(wall):
         return f"the phases sum to {total:.1f} s but wall_time_s is {wall} s: the record was edited after the run"
     return ""
 
 
-def tokens_problem(record: dict) -> str:
-    plan, data = record.get("plan"), record.get("data")
-    if not plan or not data:
+def tokens_problem(record: Record) -> str:
+    plan, data = record.plan, record.data
+    if plan is None or data is None:
         return ""  # stopped before planning or data: nothing was consumed, nothing to compare
-    expected = plan["total_batch_tokens"] * record["steps_completed"]
-    if data["tokens_consumed"] != expected:
+    expected = plan.total_batch_tokens * record.steps_completed
+    if data.tokens_consumed != expected:
         return (
-            f"tokens_consumed {data['tokens_consumed']:,} but the plan's {plan['total_batch_tokens']:,} tokens per "
-            f"step x {record['steps_completed']} steps is {expected:,}: the record was edited after the run"
+            f"tokens_consumed {data.tokens_consumed:,} but the plan's {plan.total_batch_tokens:,} tokens per "
+            f"step x {record.steps_completed} steps is {expected:,}: the record was edited after the run"
         )
     return ""
 

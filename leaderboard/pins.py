@@ -2,7 +2,7 @@
 checked against them.
 
     pins = read_pins(root)                      # {"data": {...}, "tokenizer": {...}, "eval_bundle": {...}}
-    problem = data_problem(record, pins["data"])     # "" when the record's data is the pinned data
+    problem = data_problem(record, pins["data"])     # a typed Record; "" when its data is the pinned data
 
 The pins are written by hand, in a reviewed commit, from the project's own manifests: the climbmix catalog
 (``harness/catalog/climbmix.json``: the shards' sha256), the tokenizer's parameters (``harness/tokenizer.py``, the
@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+
+from harness.record import Record
 
 SECTIONS = ("data", "tokenizer", "eval_bundle")
 TRACK_FILE = "track.json"
@@ -72,12 +74,6 @@ def _sha(value: object) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
-def _get(record: dict, *keys: str):
-    for key in keys:
-        record = record.get(key) if isinstance(record, dict) else None
-    return record
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The digests the referee writes, re-derived from their parts (the formulas of harness/data/verify.py and
 # evals/bundle.py; tests/test_leaderboard_pins.py checks both against the real code)
@@ -105,23 +101,23 @@ def bundle_digest(files: dict[str, str]) -> str:
 # A record against the pins: "" when it matches, else every reason, and the fix
 
 
-def data_problem(record: dict, pin: dict) -> str:
-    data = record.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("digest"), str):
+def data_problem(record: Record, pin: dict) -> str:
+    data = record.data
+    if data is None:
         return "the record has no data digest (the run stopped during setup); re-run it"
-    if data.get("pinned") is not True:
+    if not data.pinned:
         return "the data is not pinned (data.pinned is false); run on the pinned dataset"
-    if data.get("dataset") != pin["dataset"]:
-        return f"dataset {data.get('dataset')!r}, but the record track is pinned to {pin['dataset']!r}"
+    if data.dataset != pin["dataset"]:
+        return f"dataset {data.dataset!r}, but the record track is pinned to {pin['dataset']!r}"
     if not pin["digests"]:
         return (
             f"the record track pins no {pin['dataset']} shard digest yet ({pin.get('from', 'the catalog')} commits "
             f"none): until a maintainer commits them (python -m harness.data pin {pin['dataset']}, then into "
             "leaderboard/track.json) no record-track entry can be filed"
         )
-    shards = data.get("shards")
+    shards = dict(data.shards or {})
     val_name = pin["filename"].format(index=pin["val_shard"])
-    if not isinstance(shards, dict) or val_name not in shards:
+    if val_name not in shards:
         return f"the record lists no digest of the validation shard {val_name} (data.shards); re-run it"
     problems = []
     unpinned = sorted(name for name in shards if name not in pin["digests"])
@@ -130,34 +126,34 @@ def data_problem(record: dict, pin: dict) -> str:
     differ = sorted(name for name in shards if name in pin["digests"] and shards[name] != pin["digests"][name])
     if differ:
         problems.append(f"shards whose sha256 differs from the pinned one: {', '.join(differ[:5])}")
-    if not problems and data["digest"] != data_digest(data["dataset"], shards, val_name):
+    if not problems and data.digest != data_digest(data.dataset, shards, val_name):
         problems.append("data.digest is not the digest of the shards the record lists: the record was edited")
     return "; ".join(problems) + ("; run on the track's data (leaderboard/track.json)" if problems else "")
 
 
-def tokenizer_problem(record: dict, pin: dict) -> str:
-    tokenizer = record.get("tokenizer")
-    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("digest"), str):
+def tokenizer_problem(record: Record, pin: dict) -> str:
+    tokenizer = record.tokenizer
+    if tokenizer is None:
         return "the record has no tokenizer digest (the run stopped during setup); re-run it"
-    if tokenizer.get("vocab_size") != pin["vocab_size"]:
-        return f"vocabulary {tokenizer.get('vocab_size')}, but the record track's tokenizer has {pin['vocab_size']}"
+    if tokenizer.vocab_size != pin["vocab_size"]:
+        return f"vocabulary {tokenizer.vocab_size}, but the record track's tokenizer has {pin['vocab_size']}"
     if pin.get("digest") is None:
         return (
             "the record track has no tokenizer digest yet: the first real tokenizer (the recipe in "
             "leaderboard/track.json) has not been trained; until a maintainer commits its digest there, no "
             "record-track entry can be filed"
         )
-    if tokenizer["digest"] != pin["digest"]:
+    if tokenizer.digest != pin["digest"]:
         return (
-            f"tokenizer digest {tokenizer['digest'][:12]}... differs from the track's {pin['digest'][:12]}... "
+            f"tokenizer digest {tokenizer.digest[:12]}... differs from the track's {pin['digest'][:12]}... "
             "(leaderboard/track.json); train it with the track's recipe on the track's data"
         )
     return ""
 
 
-def bundle_problem(record: dict, pin: dict) -> str:
-    digest = _get(record, "eval_bundle", "digest")
-    if not isinstance(digest, str):
+def bundle_problem(record: Record, pin: dict) -> str:
+    digest = record.eval_bundle.digest if record.eval_bundle else None
+    if not digest:
         return "the record has no eval bundle digest (run with CORE on the full bundle)"
     unknown = sorted(Path(rel).name for rel, d in pin["files"].items() if d is None)
     if unknown:

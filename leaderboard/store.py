@@ -195,7 +195,6 @@ def check_runs(
         if not isinstance(run, Run):
             out[label] = [Check("readable", False, str(run))]
             continue
-        rec = run.data
         checks = [Check("readable", True)]
         errors = schema_errors[label]
         checks.append(Check("schema", not errors, "; ".join(errors[:5]) + (" ..." if len(errors) > 5 else "")))
@@ -204,9 +203,11 @@ def check_runs(
             # errors are the reasons, and the run is not looked at further.
             out[label] = checks
             continue
-        # The record against the evidence beside it (events.jsonl, the referee's clock, the plan, git).
-        checks += [Check(name, not reason, reason) for name, reason in run_problems(run.path, rec, run.events).items()]
-        record = run.record  # well-formed from here on: the typed record
+        # Well-formed from here on: the typed record, against the evidence beside it (events.jsonl, the referee's
+        # clock, the plan, git), then the track's checks.
+        record = run.record
+        problems = run_problems(run.path, record, run.events)
+        checks += [Check(name, not reason, reason) for name, reason in problems.items()]
         if track == "record":
             checks += record_track_checks(record)
         for section in PINNED:
@@ -256,7 +257,7 @@ def _digest_check(section: str, run: Run, track: str, pin: dict, first: Run, fir
     name = {"data": "pinned data", "tokenizer": "tokenizer", "eval_bundle": "eval bundle"}[section]
     what = section.replace("_", " ")
     if track == "record":
-        problem = pins_module.PROBLEMS[section](run.data, pin)
+        problem = pins_module.PROBLEMS[section](run.record, pin)
         if problem:
             return Check(name, False, problem)
     ours, theirs = getattr(run.record, section), getattr(first.record, section)  # data, tokenizer, eval_bundle
