@@ -2,7 +2,8 @@
 
     python -m harness.evaluate RUN_DIR --val-file VAL.parquet --bundle DIR --json OUT.json   # by hand, any time
 
-The referee (harness/run.py) starts this module itself after the worker has exited, through ``isolated_command``:
+The referee (harness/run.py) starts this module itself (``EvalProcess``: before training, to wait for its
+arguments until the worker has exited), through ``isolated_command``:
 Python in isolated mode without site hooks (``-I -S``: no PYTHON* variables, no .pth files, no sitecustomize) and
 with a fresh bytecode cache (``-X pycache_prefix``), so neither the environment nor a file the worker dropped
 can change what runs here. It loads the exported program (harness/export.py: ATen operators only, plain tensors
@@ -16,7 +17,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
+import os
+import select
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -24,11 +29,101 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# What the evals import: loaded by main() once the arguments are good, or ahead of time by a process the referee
+# starts early (EvalProcess). Keep it in step with main's imports; a module missing here costs time, not results.
+EVAL_MODULES = (
+    "torch",
+    "torch._export.serde.serialize",  # what torch.export.load imports on first use
+    "evals.bpb",
+    "evals.bundle",
+    "evals.core",
+    "harness.export",
+    "harness.fileio",
+    "harness.loader",
+    "harness.profiles",
+    "harness.tokenizer",
+)
+
+
 def isolated_command(args: list[str], pycache: Path) -> list[str]:
     """``python -m harness.evaluate ARGS`` isolated from the environment, site hooks and existing bytecode."""
     paths = [str(REPO_ROOT), *dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))]
     boot = f"import sys; sys.path[:0] = {paths!r}; from harness.evaluate import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-I", "-S", "-X", f"pycache_prefix={pycache}", "-c", boot, *args]
+
+
+class EvalProcess:
+    """The referee's end of its eval process, started before training so that its interpreter start and imports
+    overlap the referee's data setup instead of adding to the run's wall time:
+
+        evals = EvalProcess(pycache, out / "evals" / "stderr.txt")   # imports, then waits (no file opened)
+        evals.wait_ready()                                           # before any submission code runs again
+        ...training...
+        evals.go([program, "--sha256", digest, ...])                 # the arguments of main(), once training ended
+        returncode = evals.wait()
+
+    While it waits it runs no eval and opens no evaluation file, so the file watch of the worker's lifetime is
+    not disturbed; it refuses tracing, so the worker cannot reach into it; its bytecode is written before the
+    worker starts, so the installation check of the worker's lifetime still covers its bytecode cache.
+    """
+
+    def __init__(self, pycache: Path, stderr: Path):
+        self.stderr = stderr
+        stderr.parent.mkdir(parents=True, exist_ok=True)
+        ready_read, ready_write = os.pipe()
+        with open(stderr, "w") as log:  # a file, not a pipe: a chatty eval never blocks on it
+            # A session of its own: a Ctrl-C reaches the referee, which ends this process itself (finish_evals).
+            self.proc = subprocess.Popen(isolated_command(["--wait", str(ready_write)], pycache), stdin=subprocess.PIPE,
+                                         stderr=log, pass_fds=(ready_write,), start_new_session=True)  # fmt: skip
+        os.close(ready_write)
+        self.ready = os.fdopen(ready_read, "rb")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the process has imported the eval code; OSError (naming its stderr) if it died instead."""
+        readable, _, _ = select.select([self.ready], [], [], timeout)
+        said = self.ready.read(5) if readable else b""
+        self.ready.close()
+        if said != b"ready":
+            self.kill()
+            why = "did not start" if readable else f"was not ready after {timeout:.0f} s"
+            raise OSError(f"the referee's eval process {why}: {self.stderr_text()[-2000:] or 'no message'}")
+
+    def go(self, args: list[str]) -> None:
+        try:
+            self.proc.stdin.write((json.dumps(args) + "\n").encode())
+            self.proc.stdin.close()
+        except OSError:  # it died while waiting: its exit status and stderr say why (the referee reports them)
+            pass
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+
+    def stderr_text(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+
+def wait_for_arguments(ready_fd: int) -> list[str] | None:
+    """A process started early by the referee: import the eval code, say so on ``ready_fd``, then wait for the
+    arguments of main() (one JSON list on stdin). None when the referee ends it without any."""
+    from harness.watch import refuse_tracing  # here, not at the top: see main()
+
+    refuse_tracing()  # the training worker runs while this process waits
+    for name in EVAL_MODULES:
+        importlib.import_module(name)
+    os.write(ready_fd, b"ready")
+    os.close(ready_fd)
+    line = sys.stdin.readline()
+    return json.loads(line) if line.strip() else None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,6 +165,11 @@ def program_path(model: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--wait"]:  # started early by the referee (EvalProcess); the arguments come later
+        argv = wait_for_arguments(int(argv[1]))
+        if argv is None:
+            return 0
     args = parse_args(argv)
     # Imported once the arguments are good: --help and usage errors answer without loading torch.
     import torch

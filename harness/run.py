@@ -39,7 +39,7 @@ from harness import checkpoint, flops, profiles
 from harness.channel import CLOSED, Channel
 from harness.clock import EventLog
 from harness.data import get_tokenizer, prepare_dataset
-from harness.evaluate import isolated_command
+from harness.evaluate import EvalProcess
 from harness.fileio import atomic_write_json, cache_dir, check_free_space, file_lock, sha256_file
 from harness.loader import validation_rows
 from harness.plugins import RunInterrupted, StopSignals, SubmissionError, describe_folder, locate_submission
@@ -62,7 +62,7 @@ LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
 
 
 def eval_pycache() -> Path:
-    """The eval process's bytecode cache (harness/evaluate.py isolated_command)."""
+    """The eval process's bytecode cache (harness/evaluate.py EvalProcess): the installation check covers it."""
     return cache_dir() / "pycache"
 
 
@@ -79,6 +79,7 @@ TORCHRUN_ENV = (
     "GROUP_WORLD_SIZE",
     "ROLE_NAME",
 )
+EVAL_READY_S = 600.0  # the eval process's start and imports (seconds; 13 s on 2 slow cores with a cold cache)
 RECORD_ROOM = 64 << 20  # bytes the referee wants free for its logs, inputs and record (the worker checks its own)
 STOP_GRACE_S = {"cpu": 20.0, "cuda": 300.0}  # how long a stopping worker may take to save its checkpoint
 WARMUP_LOSS_RTOL = {"cpu": 0.0, "cuda": 1e-3}  # bitwise on CPU; GPU kernels may reduce in another order
@@ -263,7 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     referee.record_progress()
     record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     record["eligibility"] = judge(Record.from_json(record)).to_json()
-    referee.observe(signals)
+    planted = referee.observe(signals)
+    if planted:  # the numbers stand, but the machine is not the one they were measured on any more
+        record["status"] = "failed"
+        record["error"] = {"message": f"files of the Python installation changed while run_finished ran: "
+                                      f"{', '.join(planted[:3])}; a submission may not change the installation "
+                                      f"(docs/rules.md)", "traceback": ""}  # fmt: skip
+        if record.get("watch"):
+            seen = record["watch"]["libraries_changed"]
+            seen += [path for path in planted if path not in seen]
+        record["eligibility"] = judge(Record.from_json(record)).to_json()
     signals.deferring = True  # a signal now is noted, not allowed to cut the record short
     referee.close_phases()
     record["phases"] = {k: round(v, 6) for k, v in sorted(referee.phases.items())}
@@ -273,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         record["events_error"] = events.error
     path = save_record(record_path, record, events)
     written = Record.from_json(record)
+    if referee.wandb is not None:
+        referee.wandb.run_finished(written)
     print(summary_table(written))
     print(closing_lines(written, path, out))
     if record["error"]:
@@ -418,6 +430,8 @@ class Referee:
         self.evals_only_resume = False  # an evals-only resume (the training session recorded the rest)
         self.progress: Progress | None = None
         self.wandb = None
+        self.evals: EvalProcess | None = None  # the referee's eval process, started early (start_evals)
+        self.code_ran: list[tuple[float, float]] = []  # wall-clock spans of each worker's life
 
     # -- phases on the referee's clock: each moment of the run belongs to exactly one --------------------------
 
@@ -455,14 +469,15 @@ class Referee:
                                                      "bos_token_id": -1})  # fmt: skip
         atomic_write_json(inputs / "probe.json", probe_config)
         self.follow_worker(inputs / "probe.json", signals, mode=["--probe"])
-        reap_descendants()  # whatever importing the submission started ends with the probe
         self.record_overrides()
         selected = self.reports["dataset"]["selected"]
         if "memory" in self.reports:  # the plan's estimated peak per GPU (harness/memory.py), checked before data
             record["memory"] = {k: self.reports["memory"][k] for k in ("allocated", "required", "capacity")}
 
-        # ---- the eval bundle, after the submission's own mistakes (the probe) and before any long work
+        # ---- the eval bundle, after the submission's own mistakes (the probe) and before any long work; the eval
+        # process starts now and imports while the referee works, then waits for the exported model
         self.enter("setup")
+        self.start_evals()
         bundle = resolve_bundle(config.eval_bundle) if config.core else None
 
         # ---- data and tokenizer, verified against their digests; the held-out rows of the in-training val_bpb
@@ -497,11 +512,9 @@ class Referee:
 
         # ---- training, in the worker; the referee watches the files the worker must not read
         watched = [dataset.val_file] + ([bundle.root] if bundle is not None else [])
+        self.evals.wait_ready(EVAL_READY_S)  # its bytecode is written before any submission code runs again
         watch = FileWatch(watched)
-        worker_lifetime = [time.time()]
-        self.follow_worker(inputs / "worker.json", signals)
-        left_behind = reap_descendants()
-        worker_lifetime.append(time.time())
+        left_behind = self.follow_worker(inputs / "worker.json", signals)
         touched = watch.close()
         self.record_summary()
 
@@ -511,8 +524,8 @@ class Referee:
         signals.deferring = True  # from here a signal stops the evals, which keep the exported model (finish_evals)
         exported = self.reports["exported"]
         record["program"] = {"path": exported["path"], "sha256": exported["sha256"]}
-        evals = self.start_evals(Path(exported["path"]), exported["sha256"], dataset, tokenizer, bundle)
-        changed = changed_since(*worker_lifetime, [*library_roots(), eval_pycache()])
+        self.evaluate(Path(exported["path"]), exported["sha256"], dataset, tokenizer, bundle)
+        changed = self.installation_changes()
         record["watch"] = {"available": watch.available, "watched": [str(p) for p in watched], "touched": touched,
                            "libraries_changed": changed, "left_behind": len(left_behind)}  # fmt: skip
         problems = [*self.clock_problems(), *self.warmup_problems()]
@@ -520,7 +533,8 @@ class Referee:
             problems.append(f"the worker opened files it must not read: {', '.join(touched[:3])} (the evaluation "
                             f"data is the referee's alone)")  # fmt: skip
         if changed:
-            problems.append(f"files of the Python installation changed while the worker ran: {', '.join(changed[:3])}")
+            problems.append(f"files of the Python installation changed while submission code ran: "
+                            f"{', '.join(changed[:3])}")  # fmt: skip
         if harness_digest() != record["harness"]["source_digest"]:
             problems.append("harness or eval source files changed on disk during the run")
         data_now = prepare_dataset(dataset.name, train_shards(config, dataset.name), data_dir=config.data_dir)
@@ -529,11 +543,10 @@ class Referee:
         if bundle is not None and load_bundle(bundle.root).digest != bundle.digest:
             problems.append("the eval bundle changed during the run")
         if problems:
-            evals.kill()
-            evals.wait()
+            self.evals.kill()
             raise RunFailed("; ".join(problems) + ". The referee's code, clock and files may not be touched by a "
                             "submission (docs/rules.md).")  # fmt: skip
-        evaluated = self.finish_evals(evals, Path(exported["path"]), signals)
+        evaluated = self.finish_evals(Path(exported["path"]), signals)
         self.record_evals(evaluated, bundle)
 
     def record_evals(self, evaluated: dict, bundle) -> None:
@@ -556,8 +569,6 @@ class Referee:
                                      core_tasks=core["per_task"])  # fmt: skip
             record["eval_bundle"].update(max_per_task=config.max_per_task or -1, evaluated_in="referee")
             self.events.write("core", self.step, core["core"] if core["core"] is not None else core["core_partial"])
-        if self.wandb is not None:
-            self.wandb.run_finished(record)
 
     def evals_only(self, before: dict, bundle, signals: StopSignals) -> None:
         """Resume a run whose training finished but whose evals did not (a signal, a killed eval process): the
@@ -600,15 +611,17 @@ class Referee:
         self.enter("eval")
         signals.deferring = True
         program = Path(record["program"]["path"])
-        evals = self.start_evals(program, record["program"]["sha256"], dataset, tokenizer, bundle)
-        self.record_evals(self.finish_evals(evals, program, signals), bundle)
+        self.start_evals().wait_ready(EVAL_READY_S)
+        self.evaluate(program, record["program"]["sha256"], dataset, tokenizer, bundle)
+        self.record_evals(self.finish_evals(program, signals), bundle)
 
-    def observe(self, signals: StopSignals) -> None:
+    def observe(self, signals: StopSignals) -> list[str]:
         """The submission's run_finished observers see a copy of the record, in a worker of their own, before the
-        referee writes the record itself: nothing they do to files can change it."""
+        referee writes the record itself: nothing they do to files can change it. Returns the files of the
+        installation they changed (installation_changes)."""
         loaded = self.reports.get("loaded")
         if loaded is None or "run_finished" not in loaded["overrides"]:
-            return
+            return []
         self.enter("observe")
         copy = self.config.out / "inputs" / "record.json"
         atomic_write_json(copy, self.record)
@@ -618,7 +631,16 @@ class Referee:
             self.follow_worker(config_file, signals, mode=["--observe", str(copy)])
         except (WorkerEnded, RunInterrupted) as exc:
             print(f"warning: run_finished failed: {exc}", file=sys.stderr)
-        reap_descendants()
+        return self.installation_changes(self.code_ran[-1:])
+
+    def installation_changes(self, spans: list[tuple[float, float]] | None = None) -> list[str]:
+        """Files of the Python installation or of the eval process's bytecode cache changed while submission code
+        ran (every worker's life: the probe, the training worker, the observers): a startup hook or a patched
+        library would run in the referee's later processes, and in the next run's referee."""
+        roots = [*library_roots(), eval_pycache()]
+        changed = (path for start, end in (self.code_ran if spans is None else spans)
+                   for path in changed_since(start, end, roots))  # fmt: skip
+        return list(dict.fromkeys(changed))
 
     def run_fields(self) -> dict:
         config, profile = self.config, self.profile
@@ -649,11 +671,12 @@ class Referee:
 
     # -- following a worker ------------------------------------------------------------------------------------
 
-    def follow_worker(self, config_file: Path, signals: StopSignals, mode: list[str] | None = None) -> None:
+    def follow_worker(self, config_file: Path, signals: StopSignals, mode: list[str] | None = None) -> list[int]:
         """Start a worker and follow it until it exits: the training worker, or with ``mode`` a short one
         (``--probe``: the dataset choice; ``--observe RECORD``: run_finished) whose time counts as one phase.
 
-        Raises WorkerEnded when it reports a failure, hangs, or exits without saying it finished.
+        Returns the processes it left behind (ended). Raises WorkerEnded when it reports a failure, hangs, or
+        exits without saying it finished.
         """
         channel = Channel()
         self.reports = {}
@@ -664,6 +687,7 @@ class Referee:
         hidden = {"SPEEDRUN_EVAL_BUNDLE", *(TORCHRUN_ENV if mode else ())}
         env = {k: v for k, v in os.environ.items() if k not in hidden and not (mode and k.startswith("TORCHELASTIC_"))}
         env |= channel.env
+        began = time.time()  # wall clock, as file times are: the span of submission code (installation_changes)
         proc = subprocess.Popen([*cmd, *(mode or [])], env=env, start_new_session=True)
         self.probing = mode is not None
         if mode is None:
@@ -698,6 +722,9 @@ class Referee:
             channel.close()
             if self.progress is not None:
                 self.progress.close()
+            # Whatever the worker started ends with it (the referee's own eval process is spared).
+            left_behind = reap_descendants(spare=frozenset() if self.evals is None else frozenset({self.evals.pid}))
+            self.code_ran.append((began, time.time()))
         self.probing = False
         stopped_in = self.current  # for a worker that exits without a word: where it was
         self.enter("worker_exit")
@@ -713,6 +740,7 @@ class Referee:
             raise WorkerEnded("failed", {"message": self.silent_exit(returncode, stopped_in), "traceback": ""})
         if signals.received:
             raise RunInterrupted(f"received {signals.received[0]}")
+        return left_behind
 
     def handle(self, at: float, message: dict) -> None:
         """One message from the worker: advance the referee's timeline and keep what it says."""
@@ -954,8 +982,13 @@ class Referee:
 
     # -- the referee's evals -----------------------------------------------------------------------------------
 
-    def start_evals(self, program: Path, sha256: str, dataset, tokenizer, bundle) -> subprocess.Popen:
-        """val_bpb and CORE of the exported program, in an isolated process running only the referee's code."""
+    def start_evals(self) -> EvalProcess:
+        """The referee's eval process, started now so that its start and imports overlap the setup (it waits)."""
+        self.evals = EvalProcess(eval_pycache(), self.config.out / "evals" / "stderr.txt")
+        return self.evals
+
+    def evaluate(self, program: Path, sha256: str, dataset, tokenizer, bundle) -> None:
+        """val_bpb and CORE of the exported program, in the isolated process running only the referee's code."""
         config, profile, out = self.config, self.profile, self.config.out
         self.eval_result = out / "evals" / "result.json"
         args = [str(program), "--sha256", sha256, "--tokenizer", str(out / "tokenizer.json"),
@@ -966,30 +999,26 @@ class Referee:
         if bundle is not None:
             args += ["--bundle", str(bundle.root), "--bundle-digest", bundle.digest]
             args += ["--max-per-task", str(config.max_per_task)] if config.max_per_task else []
-        # A bytecode cache of the eval process's own, not the __pycache__ folders beside the sources: the file
-        # watch covers it (changed_since), so a .pyc planted there during the run fails the run.
-        self.eval_stderr = out / "evals" / "stderr.txt"  # a file, not a pipe: a chatty eval never blocks on it
-        self.eval_stderr.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.eval_stderr, "w") as stderr:
-            return subprocess.Popen(isolated_command(args, eval_pycache()), stderr=stderr)
+        self.evals.go(args)
 
-    def finish_evals(self, proc: subprocess.Popen, program: Path, signals: StopSignals) -> dict:
+    def finish_evals(self, program: Path, signals: StopSignals) -> dict:
+        evals = self.evals
         signals.deferring = True
         try:
-            while proc.poll() is None:
+            while evals.poll() is None:
                 if signals.received:
-                    proc.kill()
-                    proc.wait()
+                    evals.kill()
                     raise RunInterrupted(f"received {signals.received[0]} during the final evals; the exported model "
                                          f"is kept in {program.parent}")  # fmt: skip
                 time.sleep(0.1)
         finally:
             signals.deferring = False
-        stderr = self.eval_stderr.read_text(errors="replace")
+        stderr = evals.stderr_text()
         sys.stderr.write(stderr)
-        if proc.returncode != 0:
-            how = (f"was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
-                   else f"failed with code {proc.returncode}")  # fmt: skip
+        returncode = evals.poll()
+        if returncode != 0:
+            how = (f"was killed by {signal.Signals(-returncode).name}" if returncode < 0
+                   else f"failed with code {returncode}")  # fmt: skip
             raise RunFailed(f"the referee's eval process {how}: {stderr.strip()[-2000:] or 'no message'}. The "
                             f"exported model is kept in {program.parent}")  # fmt: skip
         return json.loads(self.eval_result.read_text())

@@ -1,4 +1,5 @@
-"""Optional Weights & Biases logging (``--wandb PROJECT``), as an observer plugin on rank 0.
+"""Optional Weights & Biases logging (``--wandb PROJECT``), by the referee: each step's metrics as the worker
+reports them, and the written record's outcome as the run's summary.
 
 Offline by default (``WANDB_MODE=offline`` unless the environment says otherwise; ``disabled`` turns it
 off). It never blocks or fails a run: a wandb error becomes one warning and logging stops.
@@ -10,7 +11,7 @@ import os
 import sys
 import warnings
 
-from harness import hookimpl
+from harness.record import Record
 
 INIT_TIMEOUT_S = 30
 
@@ -34,8 +35,7 @@ class WandbObserver:
         print(f"warning: wandb disabled for this run ({exc})", file=sys.stderr)
         self.run = None
 
-    @hookimpl
-    def log_metrics(self, step, metrics):
+    def log_metrics(self, step: int, metrics: dict) -> None:
         if self.run is None:
             return
         try:
@@ -43,17 +43,17 @@ class WandbObserver:
         except Exception as exc:  # noqa: BLE001
             self._give_up(exc)
 
-    @hookimpl
-    def run_finished(self, record):
+    def run_finished(self, record: Record) -> None:
+        """The record as written: its status, training time and every numeric metric."""
         if self.run is None:
             return
         try:
-            metrics = record["metrics"]
+            metrics = record.metrics.to_json()
             self.run.summary.update(
                 {
-                    "status": record["status"],
-                    "training_time_s": record["training_time_s"],
-                    **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+                    "status": record.status,
+                    "training_time_s": record.training_time_s,
+                    **{k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)},
                 }
             )
             self.run.finish()

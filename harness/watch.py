@@ -116,12 +116,19 @@ def changed_since(start: float, end: float, roots: list[Path], limit: int = 20) 
     return changed
 
 
+def refuse_tracing() -> None:
+    """Refuse ptrace and /proc/<pid>/mem access to this process from other unprivileged processes (the worker
+    runs as the same user). Set again after every exec, which resets it. Linux only."""
+    if _libc is not None:
+        _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
 def become_subreaper() -> bool:
-    """Adopt orphaned descendants (a daemon the worker double-forks stays our descendant), and refuse ptrace
-    and /proc/<pid>/mem access to this process from other unprivileged processes. Linux only."""
+    """Adopt orphaned descendants (a daemon the worker double-forks stays our descendant), and refuse tracing.
+    Linux only."""
+    refuse_tracing()
     if _libc is None:
         return False
-    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     return _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
@@ -145,9 +152,10 @@ def descendants(root: int | None = None) -> list[int]:
     return found
 
 
-def reap_descendants(grace_s: float = 2.0) -> list[int]:
-    """End every descendant process: SIGTERM, then SIGKILL after ``grace_s``; return the pids that were alive."""
-    found = alive = descendants()
+def reap_descendants(grace_s: float = 2.0, spare: frozenset[int] = frozenset()) -> list[int]:
+    """End every descendant process except ``spare`` (the referee's own eval process): SIGTERM, then SIGKILL after
+    ``grace_s``; return the pids that were alive."""
+    found = alive = [pid for pid in descendants() if pid not in spare]
     for pid in alive:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s

@@ -8,6 +8,7 @@ environment, site hooks and existing bytecode; the referee's process protections
 from __future__ import annotations
 
 import ctypes
+import os
 import pickle
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import torch
 from baselines.gpt2.model import GPT2
 from baselines.nanochat.depth import model_dims
 from baselines.nanochat.model import GPT
-from harness.evaluate import isolated_command
+from harness.evaluate import EvalProcess, isolated_command
 from harness.export import ExportError, _tensors_only, export_model, load_program
 from harness.fileio import sha256_file
 
@@ -117,6 +118,34 @@ def test_the_eval_process_ignores_environment_startup_hooks_and_existing_bytecod
     assert not marker.exists()  # neither PYTHONPATH's sitecustomize nor PYTHONSTARTUP ran
     assert list(pycache.rglob("evaluate*.pyc"))  # the referee's code was compiled afresh into the given cache
     assert "-I" in cmd and "-S" in cmd
+
+
+def test_the_eval_process_started_early_imports_then_waits_untraceable_for_its_arguments(tmp_path, capfd):
+    """The referee starts its eval process before training (its start overlaps the data setup): by the time it
+    says it is ready its bytecode is written (the installation check spans the worker's life, which starts
+    after), it runs nothing until given its arguments, and the worker cannot trace it meanwhile."""
+    pycache = tmp_path / "pycache"
+    evals = EvalProcess(pycache, tmp_path / "evals" / "stderr.txt")
+    try:
+        evals.wait_ready(300)
+        compiled = {path.name.split(".")[0] for path in pycache.rglob("*.pyc")}
+        assert {"core", "bpb", "export", "serialize"} <= compiled
+        assert evals.poll() is None  # waiting
+        if sys.platform == "linux":
+            assert os.stat(f"/proc/{evals.pid}/environ").st_uid == 0  # not dumpable: no ptrace, no /proc/<pid>/mem
+        evals.go(["--help"])
+        assert evals.proc.wait(timeout=60) == 0
+        assert "python -m harness.evaluate" in capfd.readouterr().out  # main() ran with the arguments it was given
+    finally:
+        if evals.poll() is None:
+            evals.kill()
+
+
+def test_an_eval_process_that_cannot_start_is_named_with_its_error(tmp_path):
+    evals = EvalProcess(tmp_path / "pycache", tmp_path / "evals" / "stderr.txt")
+    evals.kill()  # dies before it is ready, as a broken installation would make it
+    with pytest.raises(OSError, match="the referee's eval process did not start"):
+        evals.wait_ready(60)
 
 
 def test_the_referee_is_a_subreaper_and_cannot_be_traced(tmp_path):

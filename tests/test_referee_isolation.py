@@ -364,6 +364,37 @@ def test_reading_the_evaluation_data_or_planting_a_startup_hook_fails_the_run(tm
     assert record["metrics"]["core"] is None and record["metrics"]["val_bpb"] is None
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("hook", ["select_dataset", "run_finished"])
+def test_a_startup_hook_planted_by_the_probe_or_an_observer_fails_the_run(hook, tmp_path, harness_env):
+    """The probe (select_dataset, before the data is prepared) and the observers (run_finished, after the evals) run
+    submission code too: a .pth file planted there would run in every later Python process, the next run's referee
+    included. The installation check covers every worker's life, not only the training worker's."""
+    planted = Path(site.getsitepackages()[0]) / f"zz_speedrun_{hook}_{os.getpid()}.pth"
+    signature = "run" if hook == "select_dataset" else "record"
+    answer = '    return "smoke"' if hook == "select_dataset" else ""
+    folder = write_submission(
+        tmp_path / "planter",
+        f"""
+        from pathlib import Path
+        from harness import hookimpl
+
+        @hookimpl  # the other hooks are the baseline's
+        def {hook}({signature}):
+            Path({str(planted)!r}).write_text("import os\\n")
+        {answer}
+        """,
+    )
+    try:
+        record, _ = harness_run([str(folder), "--out", str(tmp_path / "out"), *QUICK], harness_env)
+    finally:
+        planted.unlink(missing_ok=True)
+    assert record["status"] == "failed"
+    assert str(planted) in record["watch"]["libraries_changed"]
+    message = record["error"]["message"]
+    assert "files of the Python installation changed while" in message and planted.name in message
+
+
 # ---- provenance: what ran is what the record says
 
 
