@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 from filelock import Timeout
 
-from evals.bundle import load_bundle, resolve_bundle
+from evals.bundle import SIBLING_BUNDLE, load_bundle, resolve_bundle
 from harness import checkpoint, flops, profiles
 from harness.channel import CLOSED, Channel
 from harness.clock import EventLog
-from harness.data import get_tokenizer, prepare_dataset
+from harness.data import CATALOG, get_tokenizer, prepare_dataset, resolve_root
 from harness.evaluate import EvalProcess
 from harness.fileio import atomic_write_json, cache_dir, check_free_space, file_lock, sha256_file
 from harness.loader import validation_rows
@@ -462,13 +462,22 @@ class Referee:
         if before is not None and before.get("program") and before["steps_completed"] == before["plan"]["num_steps"]:
             return self.evals_only(before, resolve_bundle(config.eval_bundle) if config.core else None, signals)
 
-        # ---- the submission's dataset choice, from a short-lived worker (the referee never imports it)
+        # ---- the submission's dataset choice, from a short-lived worker (the referee never imports it); the
+        # evaluation files already on this machine are watched while it runs, as they are during training
         self.enter("probe")
         inputs = out / "inputs"
         probe_config = self.worker_config(out, run={**self.run_fields(), "vocab_size": profile.vocab_size,
                                                      "bos_token_id": -1})  # fmt: skip
         atomic_write_json(inputs / "probe.json", probe_config)
-        self.follow_worker(inputs / "probe.json", signals, mode=["--probe"])
+        watch = FileWatch(evaluation_files_here(config))
+        try:
+            self.follow_worker(inputs / "probe.json", signals, mode=["--probe"])
+        finally:
+            touched = watch.close()
+        if touched:
+            raise RunFailed(f"the submission opened files it must not read while it chose its dataset "
+                            f"(select_dataset): {', '.join(touched[:3])}; the evaluation data is the referee's alone "
+                            f"(docs/rules.md)")  # fmt: skip
         self.record_overrides()
         selected = self.reports["dataset"]["selected"]
         if "memory" in self.reports:  # the plan's estimated peak per GPU (harness/memory.py), checked before data
@@ -1037,6 +1046,15 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
         os.killpg(proc.pid, signum)
     except ProcessLookupError:
         pass
+
+
+def evaluation_files_here(config: Config) -> list[Path]:
+    """The evaluation data already on this machine, before the submission has chosen its dataset: the validation
+    shard of every catalog dataset in the data folder and every place an eval bundle is looked for."""
+    root = resolve_root(config.data_dir)
+    shards = [spec.local_dir(root) / spec.shard_name(spec.val_shard) for spec in CATALOG.values()]
+    bundles = [config.eval_bundle, cache_dir() / "eval_bundle", SIBLING_BUNDLE]
+    return list(dict.fromkeys(Path(path).resolve() for path in [*shards, *bundles] if path and Path(path).exists()))
 
 
 def train_shards(config: Config, dataset_name: str) -> int | None:

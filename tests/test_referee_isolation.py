@@ -365,6 +365,30 @@ def test_reading_the_evaluation_data_or_planting_a_startup_hook_fails_the_run(tm
 
 
 @pytest.mark.slow
+def test_reading_the_evaluation_data_while_choosing_the_dataset_fails_the_run(tmp_path, harness_env):
+    """The probe runs submission code before the data is prepared: the evaluation files already on the machine
+    (every catalog dataset's validation shard, every bundle location) are watched while it runs."""
+    val_shard = next(Path(harness_env["SPEEDRUN_CACHE"]).rglob("smoke/shard_00008.parquet"))
+    folder = write_submission(
+        tmp_path / "early_reader",
+        f"""
+        from pathlib import Path
+        from harness import hookimpl
+
+        @hookimpl
+        def select_dataset(run):
+            Path({str(val_shard)!r}).read_bytes()  # to train on later, from a file of its own
+            return "smoke"
+        """,
+    )
+    record, _ = harness_run([str(folder), "--out", str(tmp_path / "out"), *QUICK], harness_env)
+    assert record["status"] == "failed" and record["plan"] is None  # stopped before any training
+    message = record["error"]["message"]
+    assert "opened files it must not read while it chose its dataset (select_dataset)" in message
+    assert str(val_shard.resolve()) in message
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("hook", ["select_dataset", "run_finished"])
 def test_a_startup_hook_planted_by_the_probe_or_an_observer_fails_the_run(hook, tmp_path, harness_env):
     """The probe (select_dataset, before the data is prepared) and the observers (run_finished, after the evals) run

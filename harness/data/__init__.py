@@ -31,6 +31,7 @@ from harness.data.catalog import (
     get_spec,
     parse_shards,
     read_lock,
+    resolve_root,
 )
 from harness.data.cli import build_parser, main
 from harness.data.download import download
@@ -61,5 +62,6 @@ __all__ = [
     "pin",
     "prepare_dataset",
     "read_lock",
+    "resolve_root",
     "verify",
 ]
