@@ -45,6 +45,12 @@ EVAL_MODULES = (
 )
 
 
+# glibc keeps the memory the evals free instead of handing it back to the kernel after every forward: CORE's rows
+# change length from batch to batch, and faulting the pages in again took a fifth of CORE's time on a 2-core VM
+# (26.3 s -> 21.4 s, the same scores). Only the eval process, whose time no result depends on, gets it.
+EVAL_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
+
+
 def isolated_command(args: list[str], pycache: Path) -> list[str]:
     """``python -m harness.evaluate ARGS`` isolated from the environment, site hooks and existing bytecode."""
     paths = [str(REPO_ROOT), *dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))]
@@ -71,10 +77,12 @@ class EvalProcess:
         self.stderr = stderr
         stderr.parent.mkdir(parents=True, exist_ok=True)
         ready_read, ready_write = os.pipe()
+        tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), EVAL_MALLOC]))
         with open(stderr, "w") as log:  # a file, not a pipe: a chatty eval never blocks on it
             # A session of its own: a Ctrl-C reaches the referee, which ends this process itself (finish_evals).
             self.proc = subprocess.Popen(isolated_command(["--wait", str(ready_write)], pycache), stdin=subprocess.PIPE,
-                                         stderr=log, pass_fds=(ready_write,), start_new_session=True)  # fmt: skip
+                                         stderr=log, pass_fds=(ready_write,), start_new_session=True,
+                                         env={**os.environ, "GLIBC_TUNABLES": tunables})  # fmt: skip
         os.close(ready_write)
         self.ready = os.fdopen(ready_read, "rb")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -61,6 +62,7 @@ from harness.plugins import (
 from harness.profiles import PROFILES
 from harness.sharding import Sharding
 from harness.tokenizer import Tokenizer
+from harness.watch import library_roots
 
 
 class RunDiverged(Exception):
@@ -413,13 +415,22 @@ def combined_stream_digest(local: str, place: Place) -> str:
 
 
 def imported_repo_files() -> list[str]:
-    """The repository's Python files this process imported, relative to the repository root."""
+    """The repository's Python files this process imported, relative to the repository root. The installed
+    packages are not among them, even in a virtual environment inside the checkout (the README's .venv): the
+    referee's installation check covers those."""
     root = Path(__file__).resolve().parents[1]
+    installed = library_roots()
+    # Thousands of modules share a few hundred folders: resolving each folder once (and only a file that is itself
+    # a link) takes a second less on a slow disk than resolving every path in full.
+    real_folder = functools.cache(lambda folder: Path(folder).resolve())
     found = set()
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
-        if path and Path(path).resolve().is_relative_to(root):
-            found.add(Path(path).resolve().relative_to(root).as_posix())
+        if not path or not os.path.isabs(path):  # no file of its own (torch._classes says "_classes.py")
+            continue
+        real = Path(path).resolve() if os.path.islink(path) else real_folder(os.path.dirname(path)) / Path(path).name
+        if real.is_relative_to(root) and not any(real.is_relative_to(lib) for lib in installed):
+            found.add(real.relative_to(root).as_posix())
     return sorted(found)
 
 

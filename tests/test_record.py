@@ -8,8 +8,11 @@ import json
 import pytest
 from helpers_leaderboard import sample_record
 
-from harness.record import Metrics, Record, RecordError, Verdict
+import baselines.nanochat.submission  # noqa: F401 - imported as a worker imports it (provenance test)
+from harness.record import REPO_ROOT, Metrics, Record, RecordError, Verdict
 from harness.referee import judge
+from harness.watch import library_roots
+from harness.worker import imported_repo_files
 
 
 def test_a_record_reads_back_to_the_same_json_with_its_sections_typed():
@@ -74,3 +77,12 @@ def test_a_key_the_json_lacks_reads_as_the_fields_default_and_is_not_written_bac
     record = Record.from_json(data)
     assert record.metrics.core_tasks == {} and record.tokenizer.digest == data["tokenizer"]["digest"]
     assert record.to_json() == data
+
+
+def test_the_imported_files_are_the_repositorys_own_not_a_virtual_environment_inside_it():
+    """Provenance lists the repository files a worker imported; a .venv inside the checkout (the README's
+    quickstart makes one) holds the installed packages, which the installation check covers instead."""
+    files = imported_repo_files()  # this process has imported the baseline, as a worker does
+    assert {"harness/worker.py", "baselines/nanochat/model.py", "evals/bpb.py"} <= set(files)
+    assert all((REPO_ROOT / f).is_file() for f in files)  # real files: no "_classes.py" of a module without one
+    assert not [f for f in files if any((REPO_ROOT / f).resolve().is_relative_to(lib) for lib in library_roots())]
