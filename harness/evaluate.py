@@ -51,38 +51,61 @@ EVAL_MODULES = (
 EVAL_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
 
 
-def isolated_command(args: list[str], pycache: Path) -> list[str]:
+def isolated_command(args: list[str], pycache: Path, write_bytecode: bool = True) -> list[str]:
     """``python -m harness.evaluate ARGS`` isolated from the environment, site hooks and existing bytecode."""
     paths = [str(REPO_ROOT), *dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))]
     boot = f"import sys; sys.path[:0] = {paths!r}; from harness.evaluate import main; sys.exit(main(sys.argv[1:]))"
-    return [sys.executable, "-I", "-S", "-X", f"pycache_prefix={pycache}", "-c", boot, *args]
+    return [sys.executable, "-I", "-S", *([] if write_bytecode else ["-B"]), "-X", f"pycache_prefix={pycache}", "-c",
+            boot, *args]  # fmt: skip
+
+
+def bytecode_cached(pycache: Path) -> bool:
+    """Whether ``pycache`` holds up-to-date bytecode of the eval code and of torch (not on a machine's first run,
+    nor after an edit of the eval code)."""
+    sources = [REPO_ROOT / (name.replace(".", "/") + ".py") for name in EVAL_MODULES if name.startswith(("evals.",
+               "harness."))] + [Path(sysconfig.get_paths()["purelib"]) / "torch" / "__init__.py"]  # fmt: skip
+    for source in sources:
+        cached = (
+            pycache / str(source.resolve().parent).lstrip(os.sep) / f"{source.stem}.{sys.implementation.cache_tag}.pyc"
+        )
+        try:
+            if cached.stat().st_mtime < source.stat().st_mtime:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 class EvalProcess:
-    """The referee's end of its eval process, started before training so that its interpreter start and imports
-    overlap the referee's data setup instead of adding to the run's wall time:
+    """The referee's end of its eval process, started when the run starts so that its interpreter start and
+    imports overlap the probe and the data setup instead of adding to the run's wall time:
 
         evals = EvalProcess(pycache, out / "evals" / "stderr.txt")   # imports, then waits (no file opened)
-        evals.wait_ready()                                           # before any submission code runs again
+        if evals.writes_bytecode: evals.wait_ready()                 # a first run: before any submission code
+        ...the probe, the setup...
+        evals.wait_ready()
         ...training...
         evals.go([program, "--sha256", digest, ...])                 # the arguments of main(), once training ended
-        returncode = evals.wait()
 
-    While it waits it runs no eval and opens no evaluation file, so the file watch of the worker's lifetime is
-    not disturbed; it refuses tracing, so the worker cannot reach into it; its bytecode is written before the
-    worker starts, so the installation check of the worker's lifetime still covers its bytecode cache.
+    While it waits it runs no eval and opens no evaluation file, so the file watches are not disturbed; it
+    refuses tracing, so the worker cannot reach into it. The installation check covers its bytecode cache while
+    submission code runs, so it must not write there meanwhile: with the cache up to date it reads bytecode only
+    (``-B``); otherwise (a machine's first run, an edit of the eval code) it writes the cache and the referee
+    waits for it before starting any submission code.
     """
 
     def __init__(self, pycache: Path, stderr: Path):
         self.stderr = stderr
         stderr.parent.mkdir(parents=True, exist_ok=True)
+        self.writes_bytecode = not bytecode_cached(pycache)
         ready_read, ready_write = os.pipe()
         tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), EVAL_MALLOC]))
+        cmd = isolated_command(["--wait", str(ready_write)], pycache, write_bytecode=self.writes_bytecode)
         with open(stderr, "w") as log:  # a file, not a pipe: a chatty eval never blocks on it
             # A session of its own: a Ctrl-C reaches the referee, which ends this process itself (finish_evals).
-            self.proc = subprocess.Popen(isolated_command(["--wait", str(ready_write)], pycache), stdin=subprocess.PIPE,
-                                         stderr=log, pass_fds=(ready_write,), start_new_session=True,
-                                         env={**os.environ, "GLIBC_TUNABLES": tunables})  # fmt: skip
+            env = {**os.environ, "GLIBC_TUNABLES": tunables}
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=log, pass_fds=(ready_write,),
+                                         start_new_session=True, env=env)  # fmt: skip
         os.close(ready_write)
         self.ready = os.fdopen(ready_read, "rb")
 
@@ -92,6 +115,8 @@ class EvalProcess:
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the process has imported the eval code; OSError (naming its stderr) if it died instead."""
+        if self.ready.closed:  # said so already
+            return
         readable, _, _ = select.select([self.ready], [], [], timeout)
         said = self.ready.read(5) if readable else b""
         self.ready.close()

@@ -56,7 +56,7 @@ from harness.record import (
 from harness.referee import CLOCK_TOLERANCE, judge
 from harness.report import Progress, closing_lines, new_record, summary_table
 from harness.tokenizer import Tokenizer
-from harness.watch import FileWatch, become_subreaper, changed_since, library_roots, reap_descendants
+from harness.watch import FileWatch, become_subreaper, changed_during, library_roots, reap_descendants
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
 
@@ -462,6 +462,12 @@ class Referee:
         if before is not None and before.get("program") and before["steps_completed"] == before["plan"]["num_steps"]:
             return self.evals_only(before, resolve_bundle(config.eval_bundle) if config.core else None, signals)
 
+        # ---- the referee's eval process starts now and imports while the probe and the setup run, then waits for the
+        # exported model; on a first run its bytecode is written before any submission code runs
+        evals = self.start_evals()
+        if evals.writes_bytecode:
+            evals.wait_ready(EVAL_READY_S)
+
         # ---- the submission's dataset choice, from a short-lived worker (the referee never imports it); the
         # evaluation files already on this machine are watched while it runs, as they are during training
         self.enter("probe")
@@ -483,10 +489,8 @@ class Referee:
         if "memory" in self.reports:  # the plan's estimated peak per GPU (harness/memory.py), checked before data
             record["memory"] = {k: self.reports["memory"][k] for k in ("allocated", "required", "capacity")}
 
-        # ---- the eval bundle, after the submission's own mistakes (the probe) and before any long work; the eval
-        # process starts now and imports while the referee works, then waits for the exported model
+        # ---- the eval bundle, after the submission's own mistakes (the probe) and before any long work
         self.enter("setup")
-        self.start_evals()
         bundle = resolve_bundle(config.eval_bundle) if config.core else None
 
         # ---- data and tokenizer, verified against their digests; the held-out rows of the in-training val_bpb
@@ -521,7 +525,7 @@ class Referee:
 
         # ---- training, in the worker; the referee watches the files the worker must not read
         watched = [dataset.val_file] + ([bundle.root] if bundle is not None else [])
-        self.evals.wait_ready(EVAL_READY_S)  # its bytecode is written before any submission code runs again
+        self.evals.wait_ready(EVAL_READY_S)
         watch = FileWatch(watched)
         left_behind = self.follow_worker(inputs / "worker.json", signals)
         touched = watch.close()
@@ -646,10 +650,7 @@ class Referee:
         """Files of the Python installation or of the eval process's bytecode cache changed while submission code
         ran (every worker's life: the probe, the training worker, the observers): a startup hook or a patched
         library would run in the referee's later processes, and in the next run's referee."""
-        roots = [*library_roots(), eval_pycache()]
-        changed = (path for start, end in (self.code_ran if spans is None else spans)
-                   for path in changed_since(start, end, roots))  # fmt: skip
-        return list(dict.fromkeys(changed))
+        return changed_during(self.code_ran if spans is None else spans, [*library_roots(), eval_pycache()])
 
     def run_fields(self) -> dict:
         config, profile = self.config, self.profile

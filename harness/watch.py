@@ -3,7 +3,7 @@
     watch = FileWatch([bundle_dir, val_file])        # inotify: any open or read of these files is noticed
     ...run the worker...
     touched = watch.close()                           # names of the watched files something opened
-    changed = changed_since(start, end, library_roots())   # files of the Python installation changed meanwhile
+    changed = changed_during([(start, end)], library_roots())   # files of the Python installation changed then
     reap_descendants()                                # kill what the worker left behind (daemons included)
 
 The referee runs no submission code itself, but the worker it launches does, as the same user. These checks
@@ -20,6 +20,7 @@ import ctypes.util
 import errno
 import os
 import signal
+import site
 import struct
 import sys
 import sysconfig
@@ -93,24 +94,31 @@ class FileWatch:
 
 
 def library_roots() -> list[Path]:
-    """Where the code a Python process imports lives: the standard library and the installed packages."""
+    """Where the code a Python process imports lives: the standard library, the installed packages and, where
+    Python reads it (outside a virtual environment), the user's own site-packages, whose usercustomize.py would
+    run in every later process."""
     paths = sysconfig.get_paths()
-    return sorted({Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+    roots = {Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    if site.ENABLE_USER_SITE:
+        roots.add(Path(site.getusersitepackages()).resolve())
+    return sorted(root for root in roots if not any(root != other and root.is_relative_to(other) for other in roots))
 
 
-def changed_since(start: float, end: float, roots: list[Path], limit: int = 20) -> list[str]:
-    """Files under ``roots`` whose inode changed (ctime) between ``start`` and ``end``: created, written, renamed
-    or re-permissioned. ctime cannot be set back by an unprivileged process, unlike mtime."""
+def changed_during(spans: list[tuple[float, float]], roots: list[Path], limit: int = 20) -> list[str]:
+    """Files under ``roots`` whose inode changed (ctime) within one of the (start, end) ``spans`` (wall clock):
+    created, written, renamed or re-permissioned. ctime cannot be set back by an unprivileged process, unlike
+    mtime. One walk of the roots, whatever the number of spans."""
     changed = []
     for root in roots:
         for folder, _, files in os.walk(root):
             for name in files:
                 path = os.path.join(folder, name)
                 try:
-                    if start <= os.lstat(path).st_ctime <= end:
-                        changed.append(path)
+                    ctime = os.lstat(path).st_ctime
                 except OSError:
                     continue
+                if any(start <= ctime <= end for start, end in spans):
+                    changed.append(path)
                 if len(changed) >= limit:
                     return changed
     return changed

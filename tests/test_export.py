@@ -127,6 +127,7 @@ def test_the_eval_process_started_early_imports_then_waits_untraceable_for_its_a
     pycache = tmp_path / "pycache"
     evals = EvalProcess(pycache, tmp_path / "evals" / "stderr.txt")
     try:
+        assert evals.writes_bytecode  # an empty cache: the referee waits for it before any submission code runs
         evals.wait_ready(300)
         compiled = {path.name.split(".")[0] for path in pycache.rglob("*.pyc")}
         assert {"core", "bpb", "export", "serialize"} <= compiled
@@ -139,6 +140,15 @@ def test_the_eval_process_started_early_imports_then_waits_untraceable_for_its_a
     finally:
         if evals.poll() is None:
             evals.kill()
+    # With the cache filled, the next one reads it and writes nothing: it may start while submission code runs.
+    before = {path: path.stat().st_ctime for path in pycache.rglob("*")}
+    again = EvalProcess(pycache, tmp_path / "evals" / "stderr2.txt")
+    try:
+        assert not again.writes_bytecode
+        again.wait_ready(300)
+        assert {path: path.stat().st_ctime for path in pycache.rglob("*")} == before
+    finally:
+        again.kill()
 
 
 def test_an_eval_process_that_cannot_start_is_named_with_its_error(tmp_path):
