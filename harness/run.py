@@ -431,6 +431,7 @@ class Referee:
         self.progress: Progress | None = None
         self.wandb = None
         self.evals: EvalProcess | None = None  # the referee's eval process, started early (start_evals)
+        self.ahead: tuple[subprocess.Popen, Channel] | None = None  # the training worker, started before its inputs
         self.code_ran: list[tuple[float, float]] = []  # wall-clock spans of each worker's life
 
     # -- phases on the referee's clock: each moment of the run belongs to exactly one --------------------------
@@ -462,11 +463,13 @@ class Referee:
         if before is not None and before.get("program") and before["steps_completed"] == before["plan"]["num_steps"]:
             return self.evals_only(before, resolve_bundle(config.eval_bundle) if config.core else None, signals)
 
-        # ---- the referee's eval process starts now and imports while the probe and the setup run, then waits for the
-        # exported model; on a first run its bytecode is written before any submission code runs
+        # ---- the referee's eval process and the training worker start now and import while the probe and the setup
+        # run, then wait: the eval process for the exported model (on a first run its bytecode is written before
+        # any submission code runs), the worker for its inputs (it runs no submission code until then)
         evals = self.start_evals()
         if evals.writes_bytecode:
             evals.wait_ready(EVAL_READY_S)
+        training = self.ahead = self.start_worker()
 
         # ---- the submission's dataset choice, from a short-lived worker (the referee never imports it); the
         # evaluation files already on this machine are watched while it runs, as they are during training
@@ -527,7 +530,7 @@ class Referee:
         watched = [dataset.val_file] + ([bundle.root] if bundle is not None else [])
         self.evals.wait_ready(EVAL_READY_S)
         watch = FileWatch(watched)
-        left_behind = self.follow_worker(inputs / "worker.json", signals)
+        left_behind = self.follow_worker(inputs / "worker.json", signals, started=training)
         touched = watch.close()
         self.record_summary()
 
@@ -681,24 +684,40 @@ class Referee:
 
     # -- following a worker ------------------------------------------------------------------------------------
 
-    def follow_worker(self, config_file: Path, signals: StopSignals, mode: list[str] | None = None) -> list[int]:
-        """Start a worker and follow it until it exits: the training worker, or with ``mode`` a short one
-        (``--probe``: the dataset choice; ``--observe RECORD``: run_finished) whose time counts as one phase.
-
-        Returns the processes it left behind (ended). Raises WorkerEnded when it reports a failure, hangs, or
-        exits without saying it finished.
-        """
+    def start_worker(self, mode: list[str] | None = None) -> tuple[subprocess.Popen, Channel]:
+        """Start a worker process that imports the harness and waits for its inputs (follow_worker gives them): the
+        training worker, or with ``mode`` a short one (``--probe``: the dataset choice; ``--observe RECORD``:
+        run_finished). Until then it runs no submission code, so the referee starts the training worker while it
+        prepares the data."""
         channel = Channel()
-        self.reports = {}
-        device_type = self.profile.device_type
-        cmd = [sys.executable, "-m", "harness.worker", "--device-type", device_type, "--config", str(config_file)]
+        cmd = [sys.executable, "-m", "harness.worker", "--device-type", self.profile.device_type, *(mode or [])]
         # The worker is not told where the evaluation data is (and the referee watches it: harness/watch.py). A
         # short worker runs alone: under torchrun it must not take rank 0's place in the process group.
         hidden = {"SPEEDRUN_EVAL_BUNDLE", *(TORCHRUN_ENV if mode else ())}
         env = {k: v for k, v in os.environ.items() if k not in hidden and not (mode and k.startswith("TORCHELASTIC_"))}
-        env |= channel.env
-        began = time.time()  # wall clock, as file times are: the span of submission code (installation_changes)
-        proc = subprocess.Popen([*cmd, *(mode or [])], env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env | channel.env, stdin=subprocess.PIPE, start_new_session=True)
+        return proc, channel
+
+    def follow_worker(self, config_file: Path, signals: StopSignals, mode: list[str] | None = None,
+                      started: tuple[subprocess.Popen, Channel] | None = None) -> list[int]:  # fmt: skip
+        """Give a worker its inputs and follow it until it exits: the one ``start_worker`` started ahead, or a new
+        one with ``mode``; a short worker's time counts as one phase.
+
+        Returns the processes it left behind (ended). Raises WorkerEnded when it reports a failure, hangs, or
+        exits without saying it finished.
+        """
+        proc, channel = started or self.start_worker(mode)
+        if started is self.ahead:
+            self.ahead = None
+        self.reports = {}
+        device_type = self.profile.device_type
+        # Submission code runs from here (the span installation_changes checks; wall clock, as file times are).
+        began = time.time()
+        try:
+            proc.stdin.write(f"{config_file}\n".encode())
+            proc.stdin.close()
+        except OSError:  # it died while waiting: it said why on stderr, and the loop below names how it ended
+            pass
         self.probing = mode is not None
         if mode is None:
             self.enter("worker_start")
@@ -732,8 +751,9 @@ class Referee:
             channel.close()
             if self.progress is not None:
                 self.progress.close()
-            # Whatever the worker started ends with it (the referee's own eval process is spared).
-            left_behind = reap_descendants(spare=frozenset() if self.evals is None else frozenset({self.evals.pid}))
+            # Whatever the worker started ends with it; the processes the referee started ahead wait on.
+            waiting = [self.evals.proc if self.evals else None, self.ahead[0] if self.ahead else None]
+            left_behind = reap_descendants(spare=frozenset(proc.pid for proc in waiting if proc is not None))
             self.code_ran.append((began, time.time()))
         self.probing = False
         stopped_in = self.current  # for a worker that exits without a word: where it was

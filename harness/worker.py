@@ -2,6 +2,7 @@
 
     python -m harness.worker --device-type cpu --config RUN_DIR/inputs/worker.json           # started by harness.run
     python -m harness.worker --device-type cpu --config RUN_DIR/inputs/worker.json --probe   # select_dataset only
+    python -m harness.worker --device-type cpu          # started early: reads the config's path on stdin first
 
 ``python -m harness.run`` (the referee) prepares the data, writes the worker's inputs and starts it; it is never
 meant to be started by hand. The worker loads the submission, builds, warms up, trains, and exports the final
@@ -88,7 +89,12 @@ class Place:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__.split("\n")[0])
     p.add_argument("--device-type", choices=["cpu", "cuda"], required=True)
-    p.add_argument("--config", type=Path, help="the inputs the referee wrote (rank 0; other ranks receive them)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="the inputs the referee wrote (rank 0; other ranks receive them); "
+        "without it rank 0 reads their path on stdin",
+    )
     p.add_argument("--probe", action="store_true", help="load the submission, answer select_dataset, exit")
     p.add_argument("--observe", type=Path, help="load the submission, show it this record (run_finished), exit")
     return p.parse_args(argv)
@@ -101,12 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     place = init_distributed(args.device_type)
     link = Link.from_env() if place.master else Link(None)
     link.send("hello", pid=os.getpid(), world_size=place.world_size)
+
+    # ---- inputs: rank 0 reads what the referee wrote and hands it to every rank. The referee may start this
+    # process before it has prepared them, so that its start overlaps the data setup: then it names the file on
+    # stdin when they are ready (an empty stdin: the referee ended the run meanwhile).
+    path = args.config
+    if place.master and path is None:
+        path = Path(sys.stdin.readline().strip())
+        if path == Path():
+            return 0
+    config = broadcast(json.loads(path.read_text()) if place.master else None, place.world_size)
+    out = Path(config["out"])
     clock = Clock(place.device, link.send)
     stop = StopSignal().install()
-
-    # ---- inputs: rank 0 reads what the referee wrote and hands it to every rank
-    config = broadcast(json.loads(args.config.read_text()) if place.master else None, place.world_size)
-    out = Path(config["out"])
 
     submission = model = sharding = loader = None
     step = 0
@@ -611,4 +624,9 @@ def resume(out: Path, place: Place, model, sharding, loader, clock: Clock, link:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Every file the worker writes is closed by now (the program, checkpoints: atomic writes) and the referee has
+    # its report: skip the interpreter's teardown of torch, about a second the run would wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
