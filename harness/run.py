@@ -51,6 +51,7 @@ from harness.record import (
     next_record_file,
     record_digest_problem,
     record_files,
+    validate_record,
     write_record,
 )
 from harness.referee import CLOCK_TOLERANCE, judge
@@ -282,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     if events.error:
         record["events_error"] = events.error
     path = save_record(record_path, record, events)
-    written = Record.from_json(record)
-    if referee.wandb is not None:
-        referee.wandb.run_finished(written)
-    print(summary_table(written))
-    print(closing_lines(written, path, out))
+    if not validate_record(record):  # an invalid one was kept aside with the schema's errors (save_record)
+        written = Record.from_json(record)
+        if referee.wandb is not None:
+            referee.wandb.run_finished(written)
+        print(summary_table(written))
+        print(closing_lines(written, path, out))
     if record["error"]:
         print(f"{record['status']}: {record['error']['message']}", file=sys.stderr)
     events.close()
@@ -304,6 +306,12 @@ def save_record(path: Path, record: dict, events: EventLog) -> Path:
         write_record(path, record, reserved=True)
         events.write("record_written", None, {"file": path.name, "sha256": sha256_file(path)})  # leaderboard add
         return path
+    except ValueError as exc:  # the referee built a record its own schema refuses: a harness bug, but keep it
+        kept = path.with_name(path.stem + ".invalid.json")
+        print(f"error: {exc}\nThis is a bug in the harness: please report it. The record is kept in {kept}.",
+              file=sys.stderr)  # fmt: skip
+        atomic_write_json(kept, record)
+        return kept
     except OSError as exc:
         size = len(json.dumps(record))
         elsewhere = Path(tempfile.gettempdir()) / f"speedrun-record-{out.name}-{os.getpid()}.json"
@@ -437,7 +445,8 @@ class Referee:
     # -- phases on the referee's clock: each moment of the run belongs to exactly one --------------------------
 
     def enter(self, name: str, at: float | None = None, **info) -> None:
-        at = time.monotonic() if at is None else at
+        # A message the reader thread stamped before the referee itself changed phase counts from that change.
+        at = max(time.monotonic() if at is None else at, self.since)
         seconds = at - self.since
         self.phases[self.current] += seconds
         if self.current not in ("train", "log"):
@@ -711,6 +720,9 @@ class Referee:
             self.ahead = None
         self.reports = {}
         device_type = self.profile.device_type
+        self.probing = mode is not None
+        if mode is None:
+            self.enter("worker_start")
         # Submission code runs from here (the span installation_changes checks; wall clock, as file times are).
         began = time.time()
         try:
@@ -718,9 +730,6 @@ class Referee:
             proc.stdin.close()
         except OSError:  # it died while waiting: it said why on stderr, and the loop below names how it ended
             pass
-        self.probing = mode is not None
-        if mode is None:
-            self.enter("worker_start")
         signals.deferring = True
         stopping_since = None
         try:

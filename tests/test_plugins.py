@@ -201,7 +201,8 @@ def test_misspelt_hook_fails_before_any_data_or_model_work(tmp_path):
     )
     assert proc.returncode == 1
     assert "build_optimiser" in proc.stderr and "submission.py" in proc.stderr
-    assert not (tmp_path / "cache").exists()  # no data was prepared
+    cache = tmp_path / "cache"  # no data, tokenizer or bundle was prepared: only the eval process's bytecode is there
+    assert [p.name for p in cache.iterdir()] == ["pycache"]
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "failed" and "unknown hook 'build_optimiser'" in record["error"]["message"]
     assert record["submission"]["files"] == {

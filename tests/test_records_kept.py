@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from helpers_submissions import write_submission
 
+from harness.clock import EventLog
 from harness.record import record_digest_problem, record_files, validate_record
+from harness.run import save_record
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--profile", "cpu", "--depth", "2", "--max-steps", "4"]
@@ -284,3 +286,16 @@ def test_a_full_disk_ends_with_the_record_written_elsewhere_and_the_space_it_nee
     assert record["status"] == "failed" and "No space left on device" in record["error"]["message"]
     assert record["steps_completed"] >= 2 and "events_error" in record  # what training did is kept
     elsewhere.unlink()
+
+
+def test_a_record_the_referee_built_wrong_is_kept_aside_with_the_schemas_reasons(tmp_path, capsys):
+    """A harness bug that makes the record break its schema must not lose the run: the record is written beside
+    the reserved file, named as invalid, and the error says what is wrong and that it is the harness's bug."""
+    events = EventLog(tmp_path / "events.jsonl")
+    broken = {"status": "finished", "phases": {"worker_start": -0.0007}}
+    kept = save_record(tmp_path / "record.json", broken, events)
+    events.close()
+    assert kept == tmp_path / "record.invalid.json" and json.loads(kept.read_text()) == broken
+    assert record_files(tmp_path) == []  # not taken for the run's record by anything that reads records
+    err = capsys.readouterr().err
+    assert "refusing to write a record that breaks harness/record.schema.json" in err and "bug in the harness" in err
