@@ -57,7 +57,14 @@ from harness.record import (
 from harness.referee import CLOCK_TOLERANCE, judge
 from harness.report import Progress, closing_lines, new_record, summary_table
 from harness.tokenizer import Tokenizer
-from harness.watch import FileWatch, become_subreaper, changed_during, library_roots, reap_descendants
+from harness.watch import (
+    FileWatch,
+    become_subreaper,
+    changed_during,
+    descendants,
+    library_roots,
+    reap_descendants,
+)
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
 
@@ -259,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc) if isinstance(exc, SubmissionError | RunFailed) else f"{type(exc).__name__}: {exc}"
         record["error"] = {"message": message or type(exc).__name__, "traceback": traceback.format_exc()}
     finally:
-        reap_descendants()
+        reap_descendants(spare=referee.own)
 
     # ---- record: judged, shown to the submission's observers as a copy, then written once, atomically
     referee.record_progress()
@@ -289,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             referee.wandb.run_finished(written)
         print(summary_table(written))
         print(closing_lines(written, path, out))
+    reap_descendants()  # the referee's own helpers too, now that nothing is left to log
     if record["error"]:
         print(f"{record['status']}: {record['error']['message']}", file=sys.stderr)
     events.close()
@@ -441,6 +449,7 @@ class Referee:
         self.evals: EvalProcess | None = None  # the referee's eval process, started early (start_evals)
         self.ahead: tuple[subprocess.Popen, Channel] | None = None  # the training worker, started before its inputs
         self.code_ran: list[tuple[float, float]] = []  # wall-clock spans of each worker's life
+        self.own: frozenset[int] = frozenset()  # the referee's own helper processes (wandb's service), never reaped
 
     # -- phases on the referee's clock: each moment of the run belongs to exactly one --------------------------
 
@@ -534,6 +543,9 @@ class Referee:
             self.wandb = WandbObserver(
                 config.wandb, out.name, {"submission": config.submission, "profile": profile.name, "argv": config.argv}
             )
+            # wandb's service process is the referee's own, not something a worker left behind. The probe's
+            # leftovers are ended by now, so every descendant alive here is the referee's.
+            self.own = frozenset(descendants())
 
         # ---- training, in the worker; the referee watches the files the worker must not read
         watched = [dataset.val_file] + ([bundle.root] if bundle is not None else [])
@@ -762,7 +774,7 @@ class Referee:
                 self.progress.close()
             # Whatever the worker started ends with it; the processes the referee started ahead wait on.
             waiting = [self.evals.proc if self.evals else None, self.ahead[0] if self.ahead else None]
-            left_behind = reap_descendants(spare=frozenset(proc.pid for proc in waiting if proc is not None))
+            left_behind = reap_descendants(spare=self.own | {proc.pid for proc in waiting if proc is not None})
             self.code_ran.append((began, time.time()))
         self.probing = False
         stopped_in = self.current  # for a worker that exits without a word: where it was
