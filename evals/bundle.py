@@ -79,6 +79,12 @@ class Bundle:
 # Finding and downloading
 
 
+def bundle_locations(path: str | Path | None = None) -> list[Path]:
+    """Every folder ``resolve_bundle(path)`` may read a bundle from, present or not (the referee watches them)."""
+    given = path or os.environ.get("SPEEDRUN_EVAL_BUNDLE")
+    return [*([Path(given).expanduser()] if given else []), cache_dir() / "eval_bundle", SIBLING_BUNDLE]
+
+
 def resolve_bundle(path: str | Path | None = None) -> Bundle:
     """Return the verified bundle at ``path``, else $SPEEDRUN_EVAL_BUNDLE, else ``cache_dir()/eval_bundle``.
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from filelock import Timeout
 
-from evals.bundle import SIBLING_BUNDLE, load_bundle, resolve_bundle
+from evals.bundle import bundle_locations, load_bundle, resolve_bundle
 from harness import checkpoint, flops, profiles
 from harness.channel import CLOSED, Channel
 from harness.clock import EventLog
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc) if isinstance(exc, SubmissionError | RunFailed) else f"{type(exc).__name__}: {exc}"
         record["error"] = {"message": message or type(exc).__name__, "traceback": traceback.format_exc()}
     finally:
-        reap_descendants(spare=referee.own)
+        reap_descendants(spare=frozenset(referee.own))
 
     # ---- record: judged, shown to the submission's observers as a copy, then written once, atomically
     referee.record_progress()
@@ -447,9 +447,10 @@ class Referee:
         self.progress: Progress | None = None
         self.wandb = None
         self.evals: EvalProcess | None = None  # the referee's eval process, started early (start_evals)
-        self.ahead: tuple[subprocess.Popen, Channel] | None = None  # the training worker, started before its inputs
         self.code_ran: list[tuple[float, float]] = []  # wall-clock spans of each worker's life
-        self.own: frozenset[int] = frozenset()  # the referee's own helper processes (wandb's service), never reaped
+        # The referee's own processes, which no reaper ends before the record is written: the eval process, the
+        # training worker while it waits for its inputs, wandb's service.
+        self.own: set[int] = set()
 
     # -- phases on the referee's clock: each moment of the run belongs to exactly one --------------------------
 
@@ -487,7 +488,8 @@ class Referee:
         evals = self.start_evals()
         if evals.writes_bytecode:
             evals.wait_ready(EVAL_READY_S)
-        training = self.ahead = self.start_worker()
+        training = self.start_worker()
+        self.own.add(training[0].pid)
 
         # ---- the submission's dataset choice, from a short-lived worker (the referee never imports it); the
         # evaluation files already on this machine are watched while it runs, as they are during training
@@ -545,11 +547,11 @@ class Referee:
             )
             # wandb's service process is the referee's own, not something a worker left behind. The probe's
             # leftovers are ended by now, so every descendant alive here is the referee's.
-            self.own = frozenset(descendants())
+            self.own |= set(descendants())
 
         # ---- training, in the worker; the referee watches the files the worker must not read
         watched = [dataset.val_file] + ([bundle.root] if bundle is not None else [])
-        self.evals.wait_ready(EVAL_READY_S)
+        self.evals.wait_ready(EVAL_READY_S)  # an eval process that cannot start is named now, not after training
         watch = FileWatch(watched)
         left_behind = self.follow_worker(inputs / "worker.json", signals, started=training)
         touched = watch.close()
@@ -648,7 +650,7 @@ class Referee:
         self.enter("eval")
         signals.deferring = True
         program = Path(record["program"]["path"])
-        self.start_evals().wait_ready(EVAL_READY_S)
+        self.start_evals()
         self.evaluate(program, record["program"]["sha256"], dataset, tokenizer, bundle)
         self.record_evals(self.finish_evals(program, signals), bundle)
 
@@ -728,8 +730,7 @@ class Referee:
         exits without saying it finished.
         """
         proc, channel = started or self.start_worker(mode)
-        if started is self.ahead:
-            self.ahead = None
+        self.own.discard(proc.pid)  # its own now: what it leaves behind is ended
         self.reports = {}
         device_type = self.profile.device_type
         self.probing = mode is not None
@@ -772,9 +773,7 @@ class Referee:
             channel.close()
             if self.progress is not None:
                 self.progress.close()
-            # Whatever the worker started ends with it; the processes the referee started ahead wait on.
-            waiting = [self.evals.proc if self.evals else None, self.ahead[0] if self.ahead else None]
-            left_behind = reap_descendants(spare=self.own | {proc.pid for proc in waiting if proc is not None})
+            left_behind = reap_descendants(spare=frozenset(self.own))  # whatever the worker started ends with it
             self.code_ran.append((began, time.time()))
         self.probing = False
         stopped_in = self.current  # for a worker that exits without a word: where it was
@@ -1036,6 +1035,7 @@ class Referee:
     def start_evals(self) -> EvalProcess:
         """The referee's eval process, started now so that its start and imports overlap the setup (it waits)."""
         self.evals = EvalProcess(eval_pycache(), self.config.out / "evals" / "stderr.txt")
+        self.own.add(self.evals.pid)
         return self.evals
 
     def evaluate(self, program: Path, sha256: str, dataset, tokenizer, bundle) -> None:
@@ -1095,8 +1095,8 @@ def evaluation_files_here(config: Config) -> list[Path]:
     shard of every catalog dataset in the data folder and every place an eval bundle is looked for."""
     root = resolve_root(config.data_dir)
     shards = [spec.local_dir(root) / spec.shard_name(spec.val_shard) for spec in CATALOG.values()]
-    bundles = [config.eval_bundle, cache_dir() / "eval_bundle", SIBLING_BUNDLE]
-    return list(dict.fromkeys(Path(path).resolve() for path in [*shards, *bundles] if path and Path(path).exists()))
+    places = [*shards, *bundle_locations(config.eval_bundle)]
+    return list(dict.fromkeys(path.resolve() for path in places if path.exists()))
 
 
 def train_shards(config: Config, dataset_name: str) -> int | None:

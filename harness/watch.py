@@ -161,7 +161,7 @@ def descendants(root: int | None = None) -> list[int]:
 
 
 def reap_descendants(grace_s: float = 2.0, spare: frozenset[int] = frozenset()) -> list[int]:
-    """End every descendant process except ``spare`` (the referee's own eval process): SIGTERM, then SIGKILL after
+    """End every descendant process except ``spare`` (the referee's own processes): SIGTERM, then SIGKILL after
     ``grace_s``; return the pids that were alive."""
     found = alive = [pid for pid in descendants() if pid not in spare]
     for pid in alive:
