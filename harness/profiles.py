@@ -102,7 +102,7 @@ PROFILES = {
     ),
     # The smoke profile: d4, 256-token rows, 4096-token steps, a 4096-token BPE on the Shakespeare corpus, and
     # CORE on 11 records per task (the fewest that still give every 10-shot task its 10 examples). Measured on
-    # 2 AMD EPYC cores: about 3,000 tokens/s for d4, so 60 steps train in about 80 s and the whole run takes 2.
+    # 2 AMD EPYC cores: about 3,000 tokens/s for d4, so 60 steps train in about 80 s, the whole run in 2 minutes.
     "cpu": Profile(
         name="cpu",
         device_type="cpu",

@@ -60,7 +60,7 @@ POLAR_EXPRESS = (
 def iteration_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 on GPUs, as the reference iterates; float32 elsewhere. Most CPUs have no bfloat16 matmuls and
     emulate them: a (4, 256, 256) batched matmul took 98 ms in bfloat16 and 1.2 ms in float32 on the 2-core AMD
-    EPYC of our development machines, which made the Muon step 85% of a d4 smoke step."""
+    EPYC of our development machines, which made the Muon step 86% of a d4 smoke step (7.7 of 8.95 s)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
