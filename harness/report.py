@@ -5,7 +5,6 @@ Only rank 0 prints or writes. The record's fields are described by ``record.sche
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import sys
 
@@ -93,7 +92,7 @@ def summary_table(record: Record) -> str:
     return "\n".join(f"| {k:<{width}} | {v}" for k, v in rows)
 
 
-def new_record(args: argparse.Namespace, argv: list[str]) -> dict:
+def new_record(argv: list[str], resumed: bool) -> dict:
     return {
         "schema_version": 1,
         "status": "failed",
@@ -107,7 +106,7 @@ def new_record(args: argparse.Namespace, argv: list[str]) -> dict:
         "fingerprint": None,
         "calibration": {},
         "eligibility": {"eligible": False, "reasons": []},
-        "resumed": bool(args.resume),
+        "resumed": resumed,
         "run": None,
         "plan": None,
         "data": None,

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    record = new_record(args, argv)
+    record = new_record(argv, resumed=args.resume)
     started = time.monotonic()
 
     # ---- profile and hardware: refuse a profile this machine cannot run, before anything else
