@@ -207,8 +207,9 @@ class ErrorInfo(Section):
 class Record(Section):
     """A run's record as every reader sees it: validated against record.schema.json, typed, and frozen.
 
-    The referee builds the record's JSON as the run goes (harness/run.py) and writes it once; everything that
-    reads a record afterwards (the verdict, the summary, compare, ci, replay, the leaderboard) goes through here.
+    The referee assembles the record's JSON in one place (harness/run.py, ``Referee.assemble``) and writes it
+    once; everything that reads a record afterwards (the verdict, the summary, compare, ci, replay, the
+    leaderboard) goes through here.
     """
 
     SECTIONS: ClassVar[dict[str, type[Section]]] = {

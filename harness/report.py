@@ -1,14 +1,13 @@
-"""What a run shows and keeps: the progress line, the closing summary table, and the empty record it fills.
+"""What a run shows: the progress line, the closing summary table and the commands a user wants next.
 
-Only rank 0 prints or writes. The record's fields are described by ``record.schema.json``.
+Only the referee prints them. The record itself is assembled by the referee (harness/run.py, ``Referee.assemble``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 
-from harness.record import Record, Submission, environment, harness_provenance
+from harness.record import Record, Submission
 
 
 class Progress:
@@ -90,41 +89,3 @@ def summary_table(record: Record) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"| {k:<{width}} | {v}" for k, v in rows)
-
-
-def new_record(argv: list[str], resumed: bool) -> dict:
-    return {
-        "schema_version": 1,
-        "status": "failed",
-        "submission": None,
-        "harness": harness_provenance(),
-        "command": [sys.executable, "-m", "harness.run", *argv],
-        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "finished_at": None,
-        "environment": environment(),
-        "profile": None,
-        "fingerprint": None,
-        "calibration": {},
-        "eligibility": {"eligible": False, "reasons": []},
-        "resumed": resumed,
-        "run": None,
-        "plan": None,
-        "data": None,
-        "tokenizer": None,
-        "eval_bundle": None,
-        "training_time_s": 0.0,
-        "wall_time_s": 0.0,
-        "phases": {},
-        "steps_completed": 0,
-        "metrics": {
-            "final_loss": None,
-            "val_bpb": None,
-            "core": None,
-            "core_partial": None,
-            "core_label": None,
-            "core_tasks": {},
-        },
-        "evals": [],
-        "loss_curve": [],
-        "error": None,
-    }

@@ -45,7 +45,10 @@ from harness.loader import validation_rows
 from harness.plugins import RunInterrupted, StopSignals, SubmissionError, describe_folder, locate_submission
 from harness.record import (
     REPO_ROOT,
+    SCHEMA_VERSION,
     Record,
+    Verdict,
+    environment,
     harness_digest,
     harness_provenance,
     next_record_file,
@@ -55,7 +58,7 @@ from harness.record import (
     write_record,
 )
 from harness.referee import CLOCK_TOLERANCE, judge
-from harness.report import Progress, closing_lines, new_record, summary_table
+from harness.report import Progress, closing_lines, summary_table
 from harness.tokenizer import Tokenizer
 from harness.watch import (
     FileWatch,
@@ -67,6 +70,11 @@ from harness.watch import (
 )
 
 LOSS_CURVE_POINTS = 200  # the record keeps about this many (step, loss) points
+# What a record says of training, which an evals-only resume keeps from the session that trained (with the
+# metrics other than val_bpb and CORE, the in-training evals and the exported program)
+TRAINING_FIELDS = ("plan", "run", "data", "tokenizer", "training_time_s", "training_time_observed_s",
+                   "worker_phases", "steps_completed", "loss_curve", "warmup", "budgets", "watch", "imported",
+                   "memory", "harness")  # fmt: skip
 
 
 def eval_pycache() -> Path:
@@ -212,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    record = new_record(argv, resumed=args.resume)
-    started = time.monotonic()
+    started, started_at = time.monotonic(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     # ---- profile and hardware: refuse a profile this machine cannot run, before anything else
     try:
@@ -231,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    record.update(profile=profile.name, fingerprint=fp, config=config.to_json())
 
     # ---- output directory: writable with room to spare, one run at a time, never over a finished record
     out = config.out
@@ -248,47 +254,44 @@ def main(argv: list[str] | None = None) -> int:
     record_path = next_record_file(out)  # reserved now: the record goes there whatever appears meanwhile
     events = EventLog(out / "events.jsonl")
     events.write("run_start", None, {"submission": config.submission, "profile": profile.name, "argv": argv})
-    referee = Referee(config, record, events)
+    referee = Referee(config, events, fingerprint=fp, started_at=started_at)
     become_subreaper()  # whatever the worker leaves behind stays ours to find and end
     signals = StopSignals().install()
 
     # ---- the run itself: every way it can end produces a record
     try:
         referee.run(signals)
-        record["status"] = "finished"
+        referee.status = "finished"
     except RunInterrupted as exc:
-        record["status"] = "interrupted"
-        record["error"] = {"message": str(exc), "traceback": ""}
+        referee.status, referee.error = "interrupted", {"message": str(exc), "traceback": ""}
     except WorkerEnded as exc:
-        record["status"], record["error"] = exc.status, exc.error
+        referee.status, referee.error = exc.status, exc.error
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a record
-        record["status"] = "failed"
         message = str(exc) if isinstance(exc, SubmissionError | RunFailed) else f"{type(exc).__name__}: {exc}"
-        record["error"] = {"message": message or type(exc).__name__, "traceback": traceback.format_exc()}
+        referee.status = "failed"
+        referee.error = {"message": message or type(exc).__name__, "traceback": traceback.format_exc()}
     finally:
         reap_descendants(spare=frozenset(referee.own))
 
-    # ---- record: judged, shown to the submission's observers as a copy, then written once, atomically
-    referee.record_progress()
-    record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    record["eligibility"] = judge(Record.from_json(record)).to_json()
+    # ---- record: assembled in one place, judged, shown to the submission's observers as a copy, written once
+    referee.close_training()
+    referee.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    referee.verdict = judge(Record.from_json(referee.assemble()))
     planted = referee.observe(signals)
     if planted:  # the numbers stand, but the machine is not the one they were measured on any more
-        record["status"] = "failed"
-        record["error"] = {"message": f"files of the Python installation changed while run_finished ran: "
-                                      f"{', '.join(planted[:3])}; a submission may not change the installation "
-                                      f"(docs/rules.md)", "traceback": ""}  # fmt: skip
-        if record.get("watch"):
-            seen = record["watch"]["libraries_changed"]
+        referee.status = "failed"
+        referee.error = {"message": f"files of the Python installation changed while run_finished ran: "
+                                    f"{', '.join(planted[:3])}; a submission may not change the installation "
+                                    f"(docs/rules.md)", "traceback": ""}  # fmt: skip
+        if referee.watch is not None:
+            seen = referee.watch["libraries_changed"]
             seen += [path for path in planted if path not in seen]
-        record["eligibility"] = judge(Record.from_json(record)).to_json()
+        referee.verdict = judge(Record.from_json(referee.assemble()))
     signals.deferring = True  # a signal now is noted, not allowed to cut the record short
     referee.close_phases()
-    record["phases"] = {k: round(v, 6) for k, v in sorted(referee.phases.items())}
-    events.write("run_stop", None, record["status"])
-    record["wall_time_s"] = round(time.monotonic() - started, 3)
-    if events.error:
-        record["events_error"] = events.error
+    events.write("run_stop", None, referee.status)
+    referee.wall_time_s = round(time.monotonic() - started, 3)
+    record = referee.assemble()
     path = save_record(record_path, record, events)
     if not validate_record(record):  # an invalid one was kept aside with the schema's errors (save_record)
         written = Record.from_json(record)
@@ -425,10 +428,10 @@ class WorkerEnded(Exception):
 
 
 class Referee:
-    """The run as the referee sees it: its own phases, the worker's reports, and the record they fill."""
+    """The run as the referee sees it: its own phases, the worker's reports, and the record assembled from them."""
 
-    def __init__(self, config: Config, record: dict, events: EventLog):
-        self.config, self.record, self.events = config, record, events
+    def __init__(self, config: Config, events: EventLog, fingerprint: dict, started_at: str):
+        self.config, self.events = config, events
         self.profile = config.profile
         self.phases: dict[str, float] = defaultdict(float)  # seconds per phase, on the referee's clock
         self.current, self.since = "start", time.monotonic()  # the bundle and the submission's files
@@ -439,11 +442,13 @@ class Referee:
         self.losses: dict[int, float] = {}
         self.resumed_train_s = 0.0  # training time of the sessions before a --resume, from the checkpoint
         self.loop_start = 0  # the step the training loop started at (0, or the checkpoint's)
-        self.plan_report: dict | None = None  # the training worker's plan (the observer's worker replaces reports)
+        # The training worker's reports the record is made of (an observer's worker replaces self.reports later)
+        self.plan_report: dict | None = None
+        self.summary: dict | None = None  # its totals at the end of training
+        self.warmup_report: dict | None = None
         self.step = 0
         self.step_began = 0.0
         self.probing = False  # the probe's own phases all count as "probe"
-        self.evals_only_resume = False  # an evals-only resume (the training session recorded the rest)
         self.progress: Progress | None = None
         self.wandb = None
         self.evals: EvalProcess | None = None  # the referee's eval process, started early (start_evals)
@@ -451,6 +456,28 @@ class Referee:
         # The referee's own processes, which no reaper ends before the record is written: the eval process, the
         # training worker while it waits for its inputs, wandb's service.
         self.own: set[int] = set()
+
+        # What the record says, each fact kept where it becomes known; assemble() makes the record of them.
+        self.started_at, self.fingerprint = started_at, fingerprint
+        self.harness = harness_provenance()  # now, before any submission code: the end of the run is checked against it
+        self.environment = environment()
+        self.status, self.error = "failed", None  # until the run says otherwise
+        self.finished_at: str | None = None
+        self.verdict = Verdict()  # judged once the run has ended (main)
+        self.wall_time_s = 0.0
+        self.submission: dict | None = None  # describe_folder, with the overrides the probe reported
+        self.memory: dict | None = None  # the plan's estimated peak per GPU, from the probe
+        self.data: dict | None = None  # the dataset's description and the submission's choice
+        self.tokenizer: dict | None = None
+        self.bundle: dict | None = None
+        self.loss_curve: list[list] = []
+        self.monitor_evals: list[dict] = []  # the worker's in-training val_bpb, on the monitor rows
+        self.budgets: dict | None = None  # the untimed phases against their budgets, once training has ended
+        self.watch: dict | None = None  # what the file watch, the installation check and the reaper saw
+        self.program: dict | None = None  # the exported model: path and sha256 when the worker exited
+        self.evaluated: dict | None = None  # the referee's eval process's result
+        self.checkpoint: str | None = None  # where an interrupted worker saved its state
+        self.before: dict | None = None  # an evals-only resume: the record of the session that trained
 
     # -- phases on the referee's clock: each moment of the run belongs to exactly one --------------------------
 
@@ -473,11 +500,11 @@ class Referee:
     # -- the run ------------------------------------------------------------------------------------------------
 
     def run(self, signals: StopSignals) -> None:
-        config, record, profile = self.config, self.record, self.profile
+        config, profile = self.config, self.profile
         out = config.out
 
         folder = locate_submission(config.submission)
-        record["submission"] = describe_folder(folder, None if Path(config.submission).exists() else config.submission)
+        self.submission = describe_folder(folder, None if Path(config.submission).exists() else config.submission)
         before = previous_record(out) if config.resume else None
         if before is not None and before.get("program") and before["steps_completed"] == before["plan"]["num_steps"]:
             return self.evals_only(before, resolve_bundle(config.eval_bundle) if config.core else None, signals)
@@ -507,10 +534,11 @@ class Referee:
             raise RunFailed(f"the submission opened files it must not read while it chose its dataset "
                             f"(select_dataset): {', '.join(touched[:3])}; the evaluation data is the referee's alone "
                             f"(docs/rules.md)")  # fmt: skip
-        self.record_overrides()
+        loaded = self.reports.get("loaded")
+        self.submission["overrides"] = list(loaded["overrides"]) if loaded else []
         selected = self.reports["dataset"]["selected"]
         if "memory" in self.reports:  # the plan's estimated peak per GPU (harness/memory.py), checked before data
-            record["memory"] = {k: self.reports["memory"][k] for k in ("allocated", "required", "capacity")}
+            self.memory = {k: self.reports["memory"][k] for k in ("allocated", "required", "capacity")}
 
         # ---- the eval bundle, after the submission's own mistakes (the probe) and before any long work
         self.enter("setup")
@@ -521,11 +549,9 @@ class Referee:
         dataset = prepare_dataset(dataset_name, train_shards(config, dataset_name), data_dir=config.data_dir)
         tokenizer = get_tokenizer(dataset, profile.vocab_size)
         tokenizer.save(out / "tokenizer.json")
-        record["data"] = {**dataset.describe(), "selected": selected, "stream_digest": None, "tokens_consumed": 0}
-        record["tokenizer"] = {"digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size}
-        if bundle is not None:
-            record["eval_bundle"] = {"path": str(bundle.root), "digest": bundle.digest,
-                                     "missing_labels": list(bundle.missing_labels)}  # fmt: skip
+        self.data = {**dataset.describe(), "selected": selected}
+        self.tokenizer = {"digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size}
+        self.bundle = describe_bundle(bundle)
         monitor = monitor_rows(dataset.val_file, tokenizer, profile)
         if monitor is not None:
             torch.save(monitor, inputs / "monitor_rows.pt")
@@ -555,18 +581,22 @@ class Referee:
         watch = FileWatch(watched)
         left_behind = self.follow_worker(inputs / "worker.json", signals, started=training)
         touched = watch.close()
-        self.record_summary()
+        # Provenance of what actually ran: the harness, evals, baselines and every repository file the worker
+        # imported; uncommitted changes make the run ineligible and their text is kept in the record.
+        own = Path(self.submission["path"])  # the submission's files are embedded whatever their git state
+        imported = [f for f in self.summary["imported"] if not (REPO_ROOT / f).resolve().is_relative_to(own)]
+        self.harness = {**harness_provenance(imported), "source_digest": self.harness["source_digest"]}
 
         # ---- the referee's evals of the exported program start now, while the referee checks the run: the clocks
         # agree, the warm-up restored everything, nothing the referee relies on was read or changed
         self.enter("eval")
         signals.deferring = True  # from here a signal stops the evals, which keep the exported model (finish_evals)
         exported = self.reports["exported"]
-        record["program"] = {"path": exported["path"], "sha256": exported["sha256"]}
+        self.program = {"path": exported["path"], "sha256": exported["sha256"]}
         self.evaluate(Path(exported["path"]), exported["sha256"], dataset, tokenizer, bundle)
         changed = self.installation_changes()
-        record["watch"] = {"available": watch.available, "watched": [str(p) for p in watched], "touched": touched,
-                           "libraries_changed": changed, "left_behind": len(left_behind)}  # fmt: skip
+        self.watch = {"available": watch.available, "watched": [str(p) for p in watched], "touched": touched,
+                      "libraries_changed": changed, "left_behind": len(left_behind)}  # fmt: skip
         problems = [*self.clock_problems(), *self.warmup_problems()]
         if touched:
             problems.append(f"the worker opened files it must not read: {', '.join(touched[:3])} (the evaluation "
@@ -574,7 +604,7 @@ class Referee:
         if changed:
             problems.append(f"files of the Python installation changed while submission code ran: "
                             f"{', '.join(changed[:3])}")  # fmt: skip
-        if harness_digest() != record["harness"]["source_digest"]:
+        if harness_digest() != self.harness["source_digest"]:
             problems.append("harness or eval source files changed on disk during the run")
         data_now = prepare_dataset(dataset.name, train_shards(config, dataset.name), data_dir=config.data_dir)
         if data_now.digest != dataset.digest:
@@ -585,74 +615,42 @@ class Referee:
             self.evals.kill()
             raise RunFailed("; ".join(problems) + ". The referee's code, clock and files may not be touched by a "
                             "submission (docs/rules.md).")  # fmt: skip
-        evaluated = self.finish_evals(Path(exported["path"]), signals)
-        self.record_evals(evaluated, bundle)
+        self.record_evals(self.finish_evals(Path(exported["path"]), signals))
 
-    def record_evals(self, evaluated: dict, bundle) -> None:
-        """What the referee's eval process measured: the calibration, val_bpb on the fixed rows, CORE."""
-        config, record = self.config, self.record
-        record["calibration"] = evaluated.get("calibration", {})
-        record["program"].update(evaluated["program"])
-        record["metrics"]["val_bpb"] = evaluated["val_bpb"]
-        if "val_bpb" in evaluated.get("non_finite", {}):  # the eval process wrote null: say what it was
-            record.setdefault("non_finite", {})["metrics.val_bpb"] = evaluated["non_finite"]["val_bpb"]
-        record["evals"].append({"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation",
-                                "rows_sha256": evaluated["val_rows_sha256"]})  # fmt: skip
-        trained = self.resumed_train_s + sum(self.step_seconds) if self.step_seconds else record["training_time_s"]
+    def record_evals(self, evaluated: dict) -> None:
+        """What the referee's eval process measured (the calibration, val_bpb on the fixed rows, CORE): kept for the
+        record, and written to the events."""
+        self.evaluated = evaluated
+        trained = self.resumed_train_s + sum(self.step_seconds) if self.step_seconds else self.training_time_s()
         self.events.write("val_bpb", self.step, {"val_bpb": evaluated["val_bpb"], "rows": "validation",
                           "training_time_s": round(trained, 6)})  # fmt: skip
-        if bundle is not None:
+        if self.bundle is not None:
             core = evaluated["core"]
-            record["metrics"].update(core=core["core"], core_partial=core["core_partial"],
-                                     core_label="CORE" if core["core"] is not None else "core_partial",
-                                     core_tasks=core["per_task"])  # fmt: skip
-            record["eval_bundle"].update(max_per_task=config.max_per_task or -1, evaluated_in="referee")
             self.events.write("core", self.step, core["core"] if core["core"] is not None else core["core_partial"])
 
     def evals_only(self, before: dict, bundle, signals: StopSignals) -> None:
         """Resume a run whose training finished but whose evals did not (a signal, a killed eval process): the
         referee evaluates the exported program again; the record keeps what the training session recorded."""
-        record, out = self.record, self.config.out
+        out = self.config.out
         print(f"resuming {out}: training finished at step {before['steps_completed']}; evaluating the exported "
               f"model again", flush=True)  # fmt: skip
-        self.evals_only_resume = True
-        kept = (
-            "plan",
-            "run",
-            "data",
-            "tokenizer",
-            "training_time_s",
-            "training_time_observed_s",
-            "worker_phases",
-            "steps_completed",
-            "loss_curve",
-            "warmup",
-            "budgets",
-            "watch",
-            "imported",
-            "memory",
-            "harness",
-        )
-        record.update({key: before[key] for key in kept if key in before})
-        record["evals"] = [e for e in before["evals"] if e.get("rows") != "validation"]
-        record["metrics"].update({k: v for k, v in before["metrics"].items() if not k.startswith(("core", "val"))})
-        record["program"] = {"path": before["program"]["path"], "sha256": before["program"]["sha256"]}
+        self.before = before
+        self.monitor_evals = [e for e in before["evals"] if e.get("rows") != "validation"]
+        self.program = {"path": before["program"]["path"], "sha256": before["program"]["sha256"]}
         self.step = before["steps_completed"]
         self.enter("setup")
-        dataset = prepare_dataset(record["data"]["dataset"], train_shards(self.config, record["data"]["dataset"]),
-                                  data_dir=self.config.data_dir)  # fmt: skip
+        name = before["data"]["dataset"]
+        dataset = prepare_dataset(name, train_shards(self.config, name), data_dir=self.config.data_dir)
         tokenizer = Tokenizer.load(out / "tokenizer.json")
-        if tokenizer.digest != record["tokenizer"]["digest"]:
+        if tokenizer.digest != before["tokenizer"]["digest"]:
             raise RunFailed(f"{out / 'tokenizer.json'} is not the tokenizer the run trained with; it changed on disk")
-        if bundle is not None:
-            record["eval_bundle"] = {"path": str(bundle.root), "digest": bundle.digest,
-                                     "missing_labels": list(bundle.missing_labels)}  # fmt: skip
+        self.bundle = describe_bundle(bundle)
         self.enter("eval")
         signals.deferring = True
-        program = Path(record["program"]["path"])
+        program = Path(self.program["path"])
         self.start_evals()
-        self.evaluate(program, record["program"]["sha256"], dataset, tokenizer, bundle)
-        self.record_evals(self.finish_evals(program, signals), bundle)
+        self.evaluate(program, self.program["sha256"], dataset, tokenizer, bundle)
+        self.record_evals(self.finish_evals(program, signals))
 
     def observe(self, signals: StopSignals) -> list[str]:
         """The submission's run_finished observers see a copy of the record, in a worker of their own, before the
@@ -663,7 +661,7 @@ class Referee:
             return []
         self.enter("observe")
         copy = self.config.out / "inputs" / "record.json"
-        atomic_write_json(copy, self.record)
+        atomic_write_json(copy, self.assemble())
         try:
             inputs = self.config.out / "inputs"
             config_file = inputs / "worker.json" if (inputs / "worker.json").exists() else inputs / "probe.json"
@@ -697,7 +695,7 @@ class Referee:
             # What a checkpoint records of the run, and a resume must match (checked before loading weights).
             "identity": {
                 "argv": config.argv,
-                "source_digest": self.record["submission"]["source_digest"],
+                "source_digest": self.submission["source_digest"],
                 "seed": config.seed,
                 "depth": config.depth,
                 "world_size": config.world_size,
@@ -781,7 +779,7 @@ class Referee:
         error = self.reports.get("error")
         if error is not None:
             if error["status"] == "interrupted":
-                self.record["checkpoint"] = error.get("checkpoint")
+                self.checkpoint = error.get("checkpoint")
             details = {"step": error["step"], "last_finite_loss": error["last_finite_loss"]} if (
                 error["status"] == "diverged") else {}  # fmt: skip
             raise WorkerEnded(error["status"], {"message": error["message"], "traceback": error.get("traceback", ""),
@@ -800,6 +798,8 @@ class Referee:
             return
         if kind == "plan":
             self.plan_report = message
+        elif kind == "summary":
+            self.summary = message
         if kind == "phase_start":
             self.enter(str(message.get("name")), at)
         elif kind == "phase_stop":
@@ -817,7 +817,7 @@ class Referee:
             self.losses[step] = message["loss"]
             num_steps = self.reports["plan"]["plan"]["num_steps"]
             if step % max(1, num_steps // LOSS_CURVE_POINTS) == 0 or step + 1 == num_steps:
-                self.record["loss_curve"].append([step, round(message["loss"], 6)])
+                self.loss_curve.append([step, round(message["loss"], 6)])
                 self.events.write("train_loss", step, {"loss": round(message["loss"], 6),
                                   "lr_mult": message.get("lr_mult"),
                                   "training_time_s": round(self.resumed_train_s + sum(self.step_seconds), 6)},
@@ -837,12 +837,13 @@ class Referee:
                               "log_s": round(self.phases["log"], 6), "steps": len(self.step_seconds)},
                               at=at)  # fmt: skip
         elif kind == "eval":
-            self.record["evals"].append({"step": message["step"], "val_bpb": message["val_bpb"], "rows": "monitor"})
+            self.monitor_evals.append({"step": message["step"], "val_bpb": message["val_bpb"], "rows": "monitor"})
             print(f"step {message['step']:>6} | val_bpb {message['val_bpb']:.4f} (held-out rows)", flush=True)
             trained_s = round(self.resumed_train_s + sum(self.step_seconds), 6)
             value = {"val_bpb": message["val_bpb"], "rows": "monitor", "training_time_s": trained_s}
             self.events.write("val_bpb", message["step"], value, at=at)
         elif kind == "warmup":
+            self.warmup_report = message
             self.events.write("warmup_restored", None, {"state_digest": message["state_digest"],
                               "first_loss": message["first_loss"]}, at=at)  # fmt: skip
         elif kind == "resumed":
@@ -872,7 +873,7 @@ class Referee:
 
     def mfu(self, tokens_per_s: float) -> float | None:
         """Model FLOPs utilisation of the fingerprinted GPUs (None on CPU or an unlisted GPU)."""
-        gpus = self.record["fingerprint"]["gpus"]
+        gpus = self.fingerprint["gpus"]
         if not gpus or self.plan_report is None:
             return None
         plan, world = self.plan_report["plan"], self.plan_report["run"]["world_size"]
@@ -918,70 +919,132 @@ class Referee:
         before = previous_record(self.config.out)
         if before is None:
             return
-        self.record["loss_curve"] = [point for point in before["loss_curve"] if point[0] < step]
-        self.record["evals"] = [e for e in before["evals"] if e["step"] <= step and e.get("rows") != "validation"]
+        self.loss_curve = [point for point in before["loss_curve"] if point[0] < step]
+        self.monitor_evals = [e for e in before["evals"] if e["step"] <= step and e.get("rows") != "validation"]
 
-    def record_overrides(self) -> None:
-        loaded = self.reports.get("loaded")
-        if loaded is not None and self.record["submission"] is not None:
-            self.record["submission"]["overrides"] = list(loaded["overrides"])
+    # -- the record: assembled in one place from what the referee saw and what it was told ----------------------
 
-    # -- what the worker reported, and what the referee makes of it --------------------------------------------
+    def assemble(self) -> dict:
+        """The record's JSON, every field decided here from the referee's observations and the reports of the worker
+        and the eval process (docs/audit.md says which is which). It changes nothing: main calls it to judge the
+        run, for the observers' copy, and to write the record."""
+        config, plan, summary, evaluated = self.config, self.plan_report, self.summary, self.evaluated or {}
+        steps = self.loop_start + len(self.step_seconds) if plan else 0
+        run = None
+        if plan is not None:
+            run = {"seed": config.seed, "world_size": plan["run"]["world_size"], "dtype": plan["run"]["dtype"],
+                   "depth": plan["depth"], "device": plan["run"]["device"].split(":")[0]}  # fmt: skip
+            if summary is not None:
+                run |= {"attention_backend": summary["attention_backend"], "compiled": summary["compiled"]}
+        data = None
+        if self.data is not None:
+            data = {**self.data, "stream_digest": summary["stream_digest"] if summary else None,
+                    "tokens_consumed": plan["plan"]["total_batch_tokens"] * steps if plan else 0}  # fmt: skip
+        bundle = self.bundle
+        if bundle is not None and self.evaluated is not None:
+            bundle = {**bundle, "max_per_task": config.max_per_task or -1, "evaluated_in": "referee"}
+        validation = []
+        if self.evaluated is not None:
+            validation = [{"step": self.step, "val_bpb": evaluated["val_bpb"], "rows": "validation",
+                           "rows_sha256": evaluated["val_rows_sha256"]}]  # fmt: skip
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            "status": self.status,
+            "submission": self.submission,
+            "harness": self.harness,
+            "command": [sys.executable, "-m", "harness.run", *config.argv],
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "environment": self.environment,
+            "profile": self.profile.name,
+            "fingerprint": self.fingerprint,
+            "calibration": evaluated.get("calibration", {}),
+            "eligibility": self.verdict.to_json(),
+            "resumed": config.resume,
+            "run": run,
+            "plan": None if plan is None else {**plan["plan"], "grad_accum": plan["grad_accum"]},
+            "data": data,
+            "tokenizer": self.tokenizer,
+            "eval_bundle": bundle,
+            "training_time_s": self.training_time_s(),
+            "wall_time_s": self.wall_time_s,
+            "phases": {k: round(v, 6) for k, v in sorted(self.phases.items())},
+            "steps_completed": steps,
+            "metrics": self.metrics(),
+            "evals": [*self.monitor_evals, *validation],
+            "loss_curve": self.loss_curve,
+            "error": self.error,
+            "config": config.to_json(),
+        }
+        warmup = None
+        if summary is not None and self.warmup_report is not None:
+            warmup = {"first_loss": self.warmup_report["first_loss"], "first_step_loss": self.losses.get(0),
+                      "state_digest": self.warmup_report["state_digest"]}  # fmt: skip
+        non_finite = None
+        if "val_bpb" in evaluated.get("non_finite", {}):  # the eval process wrote null: say what it was
+            non_finite = {"metrics.val_bpb": evaluated["non_finite"]["val_bpb"]}
+        optional = {  # written only when known
+            "checkpoint": self.checkpoint,
+            "training_time_observed_s": round(self.resumed_train_s + self.phases.get("train", 0.0), 6),
+            "budgets": self.budgets,
+            "worker_phases": {k: round(v, 6) for k, v in sorted(self.worker_phases.items())} if summary else None,
+            "warmup": warmup,
+            "imported": summary["imported"] if summary else None,
+            "watch": self.watch,
+            "program": None if self.program is None else {**self.program, **evaluated.get("program", {})},
+            "memory": self.memory,
+            "events_error": self.events.error or None,
+            "non_finite": non_finite,
+        }
+        record |= {key: value for key, value in optional.items() if value is not None}
+        if self.before is not None:  # an evals-only resume: what the training session recorded stands
+            record |= {key: self.before[key] for key in TRAINING_FIELDS if key in self.before}
+            trained = {k: v for k, v in self.before["metrics"].items() if not k.startswith(("core", "val"))}
+            record["metrics"] |= trained
+        return record
 
-    def record_progress(self) -> None:
-        """What the referee knows of training, however the run ended: the plan, the steps it saw completed, their
-        times by both clocks, tokens and the loss curve. Called once, just before the record is written."""
-        record, reports = self.record, self.reports
-        if self.evals_only_resume:  # an evals-only resume keeps the training session's figures as recorded
+    def metrics(self) -> dict:
+        """The loss and throughput the referee counted, the peak memory the worker measured, val_bpb and CORE from
+        the eval process."""
+        evaluated = self.evaluated or {}
+        metrics = {"final_loss": None, "val_bpb": evaluated.get("val_bpb"), "core": None, "core_partial": None,
+                   "core_label": None, "core_tasks": {}}  # fmt: skip
+        if self.bundle is not None and self.evaluated is not None:
+            core = evaluated["core"]
+            metrics |= {"core": core["core"], "core_partial": core["core_partial"],
+                        "core_label": "CORE" if core["core"] is not None else "core_partial",
+                        "core_tasks": core["per_task"]}  # fmt: skip
+        if self.summary is not None:
+            metrics["peak_memory_gb"] = self.summary["peak_memory_gb"]
+        if self.plan_report is not None:
+            metrics["final_loss"] = self.loss_curve[-1][1] if self.loss_curve else None
+            metrics["step_time_median_s"] = statistics.median(self.step_seconds) if self.step_seconds else None
+            if self.step_seconds:
+                batch = self.plan_report["plan"]["total_batch_tokens"]
+                metrics["tokens_per_s"] = batch * len(self.step_seconds) / max(sum(self.step_seconds), 1e-9)
+                metrics["mfu"] = self.mfu(metrics["tokens_per_s"])
+        return metrics
+
+    def training_time_s(self) -> float:
+        """The worker's clock: the slowest rank's total when it reported one, else rank 0's steps as they came."""
+        if self.before is not None:
+            return self.before["training_time_s"]
+        if self.plan_report is None:
+            return 0.0
+        return self.summary["training_time_s"] if self.summary else self.resumed_train_s + sum(self.step_seconds)
+
+    def close_training(self) -> None:
+        """Once the run has ended: the untimed phases against their budgets, and each step's time by both clocks in
+        events.jsonl. An evals-only resume keeps the training session's."""
+        if self.before is not None:
             return
-        self.budget_report()
-        record["training_time_observed_s"] = round(self.resumed_train_s + self.phases.get("train", 0.0), 6)
-        plan = self.plan_report
-        if plan is None:
-            return
-        record["plan"] = {**plan["plan"], "grad_accum": plan["grad_accum"]}
-        record["run"] = {**(record["run"] or {}), "seed": self.config.seed, "world_size": plan["run"]["world_size"],
-                         "dtype": plan["run"]["dtype"], "depth": plan["depth"],
-                         "device": plan["run"]["device"].split(":")[0]}  # fmt: skip
-        record["steps_completed"] = self.loop_start + len(self.step_seconds)
-        # The worker's clock: the slowest rank's total when it reported one, else rank 0's steps as they came.
-        summary = reports.get("summary")
-        record["training_time_s"] = (
-            summary["training_time_s"] if summary else self.resumed_train_s + sum(self.step_seconds)
-        )
-        if record["data"] is not None:
-            record["data"]["tokens_consumed"] = record["plan"]["total_batch_tokens"] * record["steps_completed"]
-        if self.step_seconds:
-            first = record["steps_completed"] - len(self.step_seconds)
+        self.budgets = self.budget_report()
+        if self.plan_report is not None and self.step_seconds:
+            first = self.loop_start
             self.events.write("step_times", first, [round(s, 6) for s in self.step_seconds])  # the worker's clock
             self.events.write("step_times_observed", first, [round(s, 6) for s in self.step_observed])
-        metrics = record["metrics"]
-        metrics["final_loss"] = record["loss_curve"][-1][1] if record["loss_curve"] else None
-        metrics["step_time_median_s"] = statistics.median(self.step_seconds) if self.step_seconds else None
-        if self.step_seconds:
-            batch = record["plan"]["total_batch_tokens"]
-            metrics["tokens_per_s"] = batch * len(self.step_seconds) / max(sum(self.step_seconds), 1e-9)
-            metrics["mfu"] = self.mfu(metrics["tokens_per_s"])
 
-    def record_summary(self) -> None:
-        """What the worker reported at the end of training: its totals, its proof of data, what it imported."""
-        record, summary = self.record, self.reports["summary"]
-        record["worker_phases"] = {k: round(v, 6) for k, v in sorted(self.worker_phases.items())}
-        record["data"]["stream_digest"] = summary["stream_digest"]
-        record["metrics"]["peak_memory_gb"] = summary["peak_memory_gb"]
-        record["run"] = {**(record["run"] or {}), "attention_backend": summary["attention_backend"],
-                         "compiled": summary["compiled"]}  # fmt: skip
-        record["imported"] = summary["imported"]
-        # Provenance of what actually ran: the harness, evals, baselines and every repository file the worker
-        # imported; uncommitted changes make the run ineligible and their text is kept in the record.
-        own = Path(record["submission"]["path"])  # the submission's files are embedded whatever their git state
-        imported = [f for f in summary["imported"] if not (REPO_ROOT / f).resolve().is_relative_to(own)]
-        started = record["harness"]["source_digest"]
-        record["harness"] = {**harness_provenance(imported), "source_digest": started}
-        warmup = self.reports.get("warmup")
-        record["warmup"] = None if warmup is None else {"first_loss": warmup["first_loss"],
-                                                         "first_step_loss": self.losses.get(0),
-                                                         "state_digest": warmup["state_digest"]}  # fmt: skip
+    # -- the referee's checks of what the worker reported ------------------------------------------------------
 
     def clock_problems(self) -> list[str]:
         """The worker's clock against the referee's, phase by phase."""
@@ -998,7 +1061,7 @@ class Referee:
                 problems.append(f"the worker reported {name} {worker_s:.1f} s but the referee observed {seen:.1f} s "
                                 f"(tolerance {tolerance:.1f} s): the worker's clock was tampered with")  # fmt: skip
         # The run's training time is the slowest rank's: never below rank 0's, and rank 0's alone on one rank.
-        total, own = self.reports["summary"]["training_time_s"], self.worker_phases.get("train", 0.0)
+        total, own = self.summary["training_time_s"], self.worker_phases.get("train", 0.0)
         tolerance = max(share * own, floor)
         alone = self.reports["plan"]["run"]["world_size"] == 1
         if total < own - tolerance or (alone and total > own + tolerance):
@@ -1008,10 +1071,10 @@ class Referee:
 
     def warmup_problems(self) -> list[str]:
         """After the warm-up restore the first timed step sees the warm-up's first batch and state: same loss."""
-        warmup = self.record.get("warmup")
-        if not warmup or warmup["first_loss"] is None or warmup["first_step_loss"] is None:
+        warmup = self.warmup_report
+        first, timed = (warmup or {}).get("first_loss"), self.losses.get(0)
+        if first is None or timed is None:
             return []
-        first, timed = warmup["first_loss"], warmup["first_step_loss"]
         rtol = WARMUP_LOSS_RTOL[self.profile.device_type]
         if first == timed or abs(first - timed) <= rtol * abs(first):
             return []
@@ -1027,7 +1090,6 @@ class Referee:
         for name, (share, floor) in self.profile.budgets.items():
             report[name] = {"seconds": round(self.phases.get(name, 0.0), 3),
                             "budget": round(max(share * training, floor), 3)}  # fmt: skip
-        self.record["budgets"] = report
         return report
 
     # -- the referee's evals -----------------------------------------------------------------------------------
@@ -1073,6 +1135,13 @@ class Referee:
             raise RunFailed(f"the referee's eval process {how}: {stderr.strip()[-2000:] or 'no message'}. The "
                             f"exported model is kept in {program.parent}")  # fmt: skip
         return json.loads(self.eval_result.read_text())
+
+
+def describe_bundle(bundle) -> dict | None:
+    """The record's eval_bundle section as the referee resolved it (None: CORE was not asked for)."""
+    if bundle is None:
+        return None
+    return {"path": str(bundle.root), "digest": bundle.digest, "missing_labels": list(bundle.missing_labels)}
 
 
 def previous_record(out: Path) -> dict | None:
