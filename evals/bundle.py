@@ -30,10 +30,11 @@ from pathlib import Path
 
 import yaml
 
-from harness.fileio import atomic_path, atomic_write_json, cache_dir, file_lock, sha256_file
+from harness.fileio import atomic_path, atomic_write_json, cache_dir, file_lock, read_json, sha256_file
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
+MANIFEST_SCHEMA = json.loads(MANIFEST_PATH.with_name("manifest.schema.json").read_text())
 # The project's development checkouts keep a partial bundle in ../shared beside the repository.
 SIBLING_BUNDLE = Path(__file__).resolve().parents[2] / "shared" / "eval_bundle"
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
@@ -193,34 +194,12 @@ def _extract(zip_path: Path, into: Path, url: str) -> None:
 # Verifying and parsing
 
 
-def _read_json_object(path: Path, fix: str) -> dict:
-    """A JSON object from ``path``, or a BundleError naming the file, what is wrong with it and ``fix``."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BundleError(f"{path} is not valid UTF-8 JSON ({exc}); {fix}") from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{path} holds a JSON {type(data).__name__}, expected an object; {fix}")
-    return data
-
-
 FIRST_SEEN_FIX = "delete it (the files it pinned are pinned again on next sight)"
 
 
 def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, str | None]:
     """The manifest's ``files``: bundle-relative path -> sha256 (64 hex digits) or null (pinned on first sight)."""
-    files = _read_json_object(path, "restore it from git").get("files")
-    if not isinstance(files, dict) or not all(
-        isinstance(digest, str) and _is_sha256(digest) or digest is None for digest in files.values()
-    ):
-        raise BundleError(
-            f"{path}: 'files' must map each bundle file to a sha256 (64 hex digits) or null; restore it from git"
-        )
-    return files
-
-
-def _is_sha256(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return read_json(path, "restore it from git", BundleError, MANIFEST_SCHEMA)["files"]
 
 
 def load_bundle(root: str | Path) -> Bundle:
@@ -356,7 +335,7 @@ class _Checker:
         self.first_seen_used: list[str] = []
         self.new_first_seen: dict[str, str] = {}
         path = first_seen_path()
-        self.first_seen = _read_json_object(path, FIRST_SEEN_FIX) if path.is_file() else {}
+        self.first_seen = read_json(path, FIRST_SEEN_FIX, BundleError) if path.is_file() else {}
 
     def verify(self, rel: str) -> None:
         if rel in self.digests:  # hellaswag's file serves two labels
@@ -385,7 +364,7 @@ class _Checker:
             return
         path = first_seen_path()
         with file_lock(path):  # merge with what other processes may have recorded meanwhile
-            current = _read_json_object(path, FIRST_SEEN_FIX) if path.is_file() else {}
+            current = read_json(path, FIRST_SEEN_FIX, BundleError) if path.is_file() else {}
             for rel, digest in self.new_first_seen.items():
                 if current.setdefault(rel, digest) != digest:
                     raise BundleError(

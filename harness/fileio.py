@@ -1,4 +1,5 @@
-"""Small file utilities every part of the harness uses: content digests, atomic writes, strict JSON, file locks.
+"""Small file utilities every part of the harness uses: content digests, atomic writes, strict JSON, one JSON
+reader, file locks.
 
 Every file the harness writes goes to a temporary name in the same directory and is renamed into place,
 so a killed process never leaves a half-written file under the final name. The temporary file (or folder,
@@ -6,7 +7,9 @@ so a killed process never leaves a half-written file under the final name. The t
 file is 0644 under umask 0022, not the 0600 of ``tempfile.mkstemp``.
 
 Every JSON file is strict JSON (``strict_json``): NaN and infinities, which Python's ``json`` writes but
-browsers and most parsers reject, are written as null and listed under a ``non_finite`` note.
+browsers and most parsers reject, are written as null and listed under a ``non_finite`` note. Every JSON file
+the project reads back (manifests, locks, the bundle's first-seen digests, records, leaderboard entries) goes
+through ``read_json``, which names the file, what is wrong with it and how to fix it, in the caller's error type.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match
 
 CHUNK = 1 << 20
 
@@ -124,6 +129,30 @@ def strict_json(obj: object, indent: int | None = None) -> str:
 def atomic_write_json(path: str | Path, obj: object) -> None:
     """``obj`` as strict JSON (``strict_json``), indented, written atomically."""
     atomic_write_text(path, strict_json(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path, fix: str, error: type[Exception] = ValueError, schema: dict | None = None) -> dict:
+    """The JSON object in ``path``, valid against ``schema`` when one is given; otherwise ``error`` naming the file,
+    what is wrong with it and ``fix`` (what the user should do)."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc}); {fix}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise error(f"{path} is not UTF-8 JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, expected an object; {fix}")
+    problem = best_match(_strict_validator(schema).iter_errors(data)) if schema is not None else None
+    if problem is not None:
+        where = ".".join(str(p) for p in problem.absolute_path) or "the top level"
+        raise error(f"{path}: '{where}': {problem.message:.200}; {fix}")
+    return data
+
+
+def _strict_validator(schema: dict):
+    # JSON Schema counts 3.0 as an integer; a count or an index the harness reads must be a real int.
+    checker = Draft202012Validator.TYPE_CHECKER.redefine("integer", lambda _, value: type(value) is int)
+    return validators.extend(Draft202012Validator, type_checker=checker)(schema)
 
 
 def file_lock(path: str | Path, timeout: float = -1) -> FileLock:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import jsonschema
 
 from harness.clock import read_events
-from harness.fileio import atomic_write_json, sha256_file
+from harness.fileio import atomic_write_json, read_json, sha256_file
 
 SCHEMA_PATH = Path(__file__).with_name("record.schema.json")
 SCHEMA_VERSION = 1
@@ -268,12 +268,7 @@ class Record(Section):
 
     @classmethod
     def read(cls, path: Path) -> Record:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError(f"{path} is not a readable record: {exc}") from None
-        if not isinstance(data, dict):
-            raise RecordError(f"{path} is not a record: a JSON object was expected")
+        data = read_json(path, "pass the record.json a run wrote", RecordError)
         try:
             return cls.from_json(data)
         except RecordError as exc:

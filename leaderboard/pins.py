@@ -18,16 +18,12 @@ import hashlib
 import json
 from pathlib import Path
 
+from harness.fileio import read_json
 from harness.record import Record
 
 SECTIONS = ("data", "tokenizer", "eval_bundle")
 TRACK_FILE = "track.json"
-# What each pin must hold for the checks below to read it (type of each field).
-PIN_FIELDS = {
-    "data": {"dataset": str, "filename": str, "num_shards": int, "val_shard": int, "digests": dict},
-    "tokenizer": {"vocab_size": int, "split_pattern": str, "special_tokens": list, "recipe": dict},
-    "eval_bundle": {"labels": list, "files": dict},
-}
+SCHEMA = json.loads(Path(__file__).with_name("track.schema.json").read_text())  # what the checks below read
 
 
 class PinError(Exception):
@@ -35,43 +31,13 @@ class PinError(Exception):
 
 
 def read_pins(root: Path) -> dict[str, dict]:
-    """The record track's pins from ``root/track.json``, checked for the fields the checks read."""
+    """The record track's pins from ``root/track.json``, checked against ``track.schema.json`` for the fields the
+    checks read."""
     path = Path(root) / TRACK_FILE
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PinError(f"{path} is missing; restore it from git (it pins the record track's data)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PinError(f"{path}: cannot read it ({e}); restore it from git") from None
-    pins = doc.get("record", {}).get("pins") if isinstance(doc, dict) and isinstance(doc.get("record"), dict) else None
-    if not isinstance(pins, dict):
-        raise PinError(f"{path}: expected record.pins with {', '.join(SECTIONS)}; restore it from git")
-    for section, fields in PIN_FIELDS.items():
-        pin = pins.get(section)
-        bad = [k for k, kind in fields.items() if not isinstance(pin, dict) or type(pin.get(k)) is not kind]
-        if section == "tokenizer" and isinstance(pin, dict) and not (pin.get("digest") is None or _sha(pin["digest"])):
-            bad.append("digest")
-        if section == "eval_bundle" and isinstance(pin, dict) and isinstance(pin.get("files"), dict):
-            bad += [f"files[{f!r}]" for f, d in pin["files"].items() if not (d is None or _sha(d))]
-        if section == "data" and isinstance(pin, dict) and isinstance(pin.get("digests"), dict):
-            bad += [f"digests[{f!r}]" for f, d in pin["digests"].items() if not _sha(d)]
-        if bad:
-            raise PinError(
-                f"{path}: record.pins.{section} needs {', '.join(bad)} ({pin_help(section)}); restore it from git"
-            )
+    if not path.exists():
+        raise PinError(f"{path} is missing; restore it from git (it pins the record track's data)")
+    pins = read_json(path, "restore it from git", PinError, SCHEMA)["record"]["pins"]
     return {section: pins[section] for section in SECTIONS}
-
-
-def pin_help(section: str) -> str:
-    return {
-        "data": "dataset, filename, num_shards, val_shard and digests: shard file -> sha256",
-        "tokenizer": "vocab_size, split_pattern, special_tokens, recipe and digest: a sha256 or null",
-        "eval_bundle": "labels and files: bundle path -> sha256 or null",
-    }[section]
-
-
-def _sha(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ order, names).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ from functools import cached_property
 from pathlib import Path
 
 from harness.clock import read_events as harness_read_events
-from harness.fileio import atomic_write_json, atomic_write_text, file_lock, sha256_file, temp_dir
+from harness.fileio import atomic_write_json, atomic_write_text, file_lock, read_json, sha256_file, temp_dir
 from harness.record import Record, validate_record
 from harness.referee import judge
 from leaderboard import pins as pins_module
@@ -141,21 +140,8 @@ def load_run(run_dir: str | Path) -> Run:
         raise LeaderboardError(
             f"{run_dir}: missing {', '.join(missing)}; pass the run directory the harness wrote (it holds both)"
         )
-    record = read_json_object(run_dir / "record.json", "the record is damaged; re-copy it from the run")
+    record = read_json(run_dir / "record.json", "the record is damaged; re-copy it from the run", LeaderboardError)
     return Run(run_dir, record, read_events(run_dir / "events.jsonl"))
-
-
-def read_json_object(path: Path, fix: str) -> dict:
-    """A JSON object from ``path``, or a LeaderboardError naming the file, what is wrong and ``fix``."""
-    try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise LeaderboardError(f"{path}: cannot read it ({e.strerror}); {fix}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise LeaderboardError(f"{path}: not UTF-8 JSON ({e}); {fix}") from None
-    if not isinstance(data, dict):
-        raise LeaderboardError(f"{path}: expected a JSON object, got {type(data).__name__}; {fix}")
-    return data
 
 
 def _schema_errors(record: dict) -> list[str]:
@@ -445,7 +431,7 @@ ENTRY_FIELDS = {"name": str, "seq": int, "date": str, "description": str, "contr
 
 def read_entry_meta(path: Path) -> dict:
     """An entry's entry.json, checked for the fields the board reads; LeaderboardError naming the field if not."""
-    meta = read_json_object(path / "entry.json", "restore it from git")
+    meta = read_json(path / "entry.json", "restore it from git", LeaderboardError)
     for key, kind in ENTRY_FIELDS.items():
         if type(meta.get(key)) is not kind:
             raise LeaderboardError(f"{path / 'entry.json'}: '{key}' must be a {kind.__name__}; restore it from git")
@@ -493,7 +479,7 @@ def load_entries(root: str | Path, track: str) -> list[Entry]:
 def append_verification(entry_path: Path, result: dict) -> None:
     """Add one verification outcome to the entry's verification.json; earlier ones are kept."""
     path = Path(entry_path) / VERIFICATION_FILE
-    attempts = read_json_object(path, "restore it from git").get("attempts", []) if path.exists() else []
+    attempts = read_json(path, "restore it from git", LeaderboardError).get("attempts", []) if path.exists() else []
     atomic_write_json(path, {"attempts": [*attempts, result]})
 
 
@@ -504,7 +490,7 @@ def read_verification(entry_path: Path, meta: dict) -> dict | None:
     path = Path(entry_path) / VERIFICATION_FILE
     if not path.exists():
         return None
-    attempts = read_json_object(path, "restore it from git, or verify the entry again").get("attempts")
+    attempts = read_json(path, "restore it from git, or verify the entry again", LeaderboardError).get("attempts")
     if not isinstance(attempts, list) or not attempts or not isinstance(attempts[-1], dict):
         raise LeaderboardError(f"{path}: expected {{'attempts': [...]}}; restore it from git, or verify again")
     latest = attempts[-1]

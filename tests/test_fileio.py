@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers_leaderboard import new_board, sample_record, write_run
 
-from harness.fileio import atomic_write_json, atomic_write_text, strict_json, temp_dir
+from harness.fileio import atomic_write_json, atomic_write_text, read_json, strict_json, temp_dir
 from harness.tokenizer import Tokenizer, train_tokenizer
 from leaderboard.build import render
 from leaderboard.store import add_entry
@@ -101,3 +101,29 @@ def test_an_event_line_with_a_non_finite_value_is_strict_and_says_so():
 def test_finite_json_is_written_unchanged_without_a_note(tmp_path):
     atomic_write_json(tmp_path / "r.json", {"a": [1, 2.5], "b": None})
     assert strict_loads((tmp_path / "r.json").read_text()) == {"a": [1, 2.5], "b": None}
+
+
+class Broken(ValueError):
+    pass
+
+
+def test_the_one_json_reader_names_the_file_what_is_wrong_and_the_fix_in_the_callers_error(tmp_path):
+    path = tmp_path / "thing.json"
+    schema = {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}}
+    cases = {
+        None: "thing.json: cannot read it (No such file or directory); FIX",
+        b"\xff": "thing.json is not UTF-8 JSON",
+        b"{": "thing.json is not UTF-8 JSON",
+        b"[1]": "thing.json holds a JSON list, expected an object; FIX",
+        b'{"count": 3.0}': "thing.json: 'count': 3.0 is not of type 'integer'; FIX",  # a count must be a real int
+        b"{}": "thing.json: 'the top level': 'count' is a required property; FIX",
+    }
+    for content, message in cases.items():
+        path.unlink(missing_ok=True)
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(Broken) as caught:
+            read_json(path, "FIX", Broken, schema)
+        assert message in str(caught.value)
+    path.write_text('{"count": 3}')
+    assert read_json(path, "FIX", Broken, schema) == {"count": 3}

@@ -84,10 +84,13 @@ def test_the_data_digest_is_the_one_harness_data_computes():
 @pytest.mark.parametrize(
     "edit, named",
     [
-        (lambda d: d["record"]["pins"].pop("tokenizer"), "record.pins.tokenizer needs vocab_size"),
-        (lambda d: d["record"]["pins"]["data"].update(digests={"shard_00000.parquet": "x"}), "digests['shard_00000"),
-        (lambda d: d["record"]["pins"]["tokenizer"].update(digest="e" * 63), "record.pins.tokenizer needs digest"),
-        (lambda d: d.update(record=[]), "expected record.pins"),
+        (lambda d: d["record"]["pins"].pop("tokenizer"), "'record.pins': 'tokenizer' is a required property"),
+        (
+            lambda d: d["record"]["pins"]["data"].update(digests={"shard_00000.parquet": "x"}),
+            "'record.pins.data.digests.shard_00000.parquet': 'x' does not match",
+        ),  # fmt: skip
+        (lambda d: d["record"]["pins"]["tokenizer"].update(digest="e" * 63), "'record.pins.tokenizer.digest': 'eee"),
+        (lambda d: d.update(record=[]), "'record': [] is not of type 'object'"),
     ],
 )
 def test_a_damaged_track_json_is_refused_naming_the_field(tmp_path, edit, named):

@@ -48,10 +48,10 @@ def test_a_record_that_breaks_the_schema_is_refused_naming_every_field(tmp_path)
     assert "'metrics' is a required property" in str(caught.value)
     path = tmp_path / "record.json"
     path.write_text("[1, 2]")
-    with pytest.raises(RecordError, match="record.json is not a record: a JSON object was expected"):
+    with pytest.raises(RecordError, match="record.json holds a JSON list, expected an object; pass the record.json"):
         Record.read(path)
     path.write_text("{")
-    with pytest.raises(RecordError, match="is not a readable record"):
+    with pytest.raises(RecordError, match="record.json is not UTF-8 JSON"):
         Record.read(path)
 
 

@@ -20,9 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import best_match
-
+from harness import fileio
 from harness.fileio import atomic_write_json, cache_dir, file_lock
 
 log = logging.getLogger("harness.data")
@@ -58,33 +56,11 @@ class DownloadError(DataError):
 
 
 # ------------------------------------------------------------------------------------------------
-# Reading JSON against a schema
-
-
-def _strict_validator(schema: dict):
-    # JSON Schema counts 3.0 as an integer; a shard count or index must be a real int.
-    checker = Draft202012Validator.TYPE_CHECKER.redefine("integer", lambda _, value: type(value) is int)
-    return validators.extend(Draft202012Validator, type_checker=checker)(schema)
-
+# The schemas of a manifest and of a data dir's lock file (read with harness.fileio.read_json)
 
 _SCHEMAS = {
-    name: _strict_validator(json.loads((Path(__file__).parent / f"{name}.schema.json").read_text()))
-    for name in ("manifest", "lock")
+    name: json.loads((Path(__file__).parent / f"{name}.schema.json").read_text()) for name in ("manifest", "lock")
 }
-
-
-def read_json(path: Path, schema: str, fix: str) -> dict:
-    """The JSON object in ``path``, valid against ``<schema>.schema.json``, or a ManifestError naming the file,
-    the field and ``fix``."""
-    try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ManifestError(f"{path} is not UTF-8 JSON ({exc}); {fix}") from None
-    error = best_match(_SCHEMAS[schema].iter_errors(data))
-    if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "the top level"
-        raise ManifestError(f"{path}: '{where}': {error.message:.200}; {fix}")
-    return data
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,7 +110,7 @@ class DatasetSpec:
     def load(cls, path: Path, folder: str = "") -> DatasetSpec:
         """Read and check a manifest; raises ManifestError naming the file and the field."""
         fix = "restore it from git"
-        data = read_json(path, "manifest", fix)
+        data = fileio.read_json(path, fix, ManifestError, _SCHEMAS["manifest"])
         if data["val_shard"] >= data["num_shards"]:
             raise ManifestError(
                 f"{path}: 'val_shard' must be below num_shards ({data['num_shards']}), got {data['val_shard']}; {fix}"
@@ -238,7 +214,7 @@ def lock_path(spec: DatasetSpec, root: Path) -> Path:
 def read_lock_file(spec: DatasetSpec, root: Path) -> dict:
     """The lock file's content ({"digests": {...}, "revision": ...}), or {} when there is none."""
     path = lock_path(spec, root)
-    return read_json(path, "lock", LOCK_FIX) if path.exists() else {}
+    return fileio.read_json(path, LOCK_FIX, ManifestError, _SCHEMAS["lock"]) if path.exists() else {}
 
 
 def read_lock(name: str, root: Path | None = None) -> dict[str, str]:
