@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from evals.bundle import Bundle, TaskSpec
+from harness.markdown import markdown_table
 
 # Padded tokens per forward (the logits alone take batch_tokens * vocab * 4 bytes in fp32). On CPU smaller
 # batches keep the logits in cache (measured: 4096 beats 16384 by ~1.5x on the tiny test model).
@@ -99,13 +100,13 @@ class CoreResult:
 
     def table(self) -> str:
         """A markdown table, one row per task, then the aggregate (labelled partial when tasks are missing)."""
-        lines = ["| task | evaluated | accuracy | centered |", "|---|---:|---:|---:|"]
-        for label, r in self.per_task.items():
-            lines.append(f"| {label} | {r.evaluated} | {r.accuracy:.4f} | {r.centered:.4f} |")
+        rows = [[label, r.evaluated, f"{r.accuracy:.4f}", f"{r.centered:.4f}"] for label, r in self.per_task.items()]
         if self.core is not None:
-            lines.append(f"| **CORE** | {sum(r.evaluated for r in self.per_task.values())} | | **{self.core:.4f}** |")
+            rows.append(["**CORE**", sum(r.evaluated for r in self.per_task.values()), "", f"**{self.core:.4f}**"])
         else:
-            lines.append(f"| **partial ({len(self.per_task)} tasks, not CORE)** | | | **{self.core_partial:.4f}** |")
+            rows.append([f"**partial ({len(self.per_task)} tasks, not CORE)**", "", "", f"**{self.core_partial:.4f}**"])
+        lines = [markdown_table(["task", "evaluated", "accuracy", "centered"], rows, align="lrrr")]
+        if self.core is None:
             lines.append("")
             lines.append(f"Missing tasks: {', '.join(self.missing_labels)}")
         if self.max_per_task > 0:

@@ -53,6 +53,7 @@ from harness import profiles
 from harness.clock import read_events
 from harness.compare import ALPHA, RunSpec, harness_command, plan_runs
 from harness.fileio import atomic_write_json
+from harness.markdown import markdown_table
 from harness.plugins import SubmissionError, describe_folder, locate_submission
 from harness.record import REPO_ROOT, Record, RecordError, Submission, harness_provenance
 from harness.replay import materialize_sources
@@ -555,34 +556,28 @@ def markdown(title: str, headline: str | None, target: dict, columns: dict[str, 
         f"{target['step']} of its {target['proxy_steps']}-step proxy run (mean of {target['repetitions']} stored "
         "runs).",
         "",
-        "| | " + " | ".join(columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
     ]
     runs = list(columns.values())
-
-    def row(label: str, cells: list[str]) -> str:
-        return f"| {label} | " + " | ".join(cells) + " |"
 
     def summary(key: str) -> list[str]:
         values = [[r[key] for r in column if r.get(key) is not None] for column in runs]
         return [side_summary(v) if v else "-" for v in values]
 
-    lines += [
-        row("runs (seeds)", [f"{len(c)} ({', '.join(str(r['seed']) for r in c)})" for c in runs]),
-        row("time to target (s, mean ± sd)", summary("time_to_target_s")),
-        row("steps to target", summary("steps_to_target")),
-        row("median step time (s)", summary("step_time_median_s")),
+    rows = [
+        ["runs (seeds)", *(f"{len(c)} ({', '.join(str(r['seed']) for r in c)})" for c in runs)],
+        ["time to target (s, mean ± sd)", *summary("time_to_target_s")],
+        ["steps to target", *summary("steps_to_target")],
+        ["median step time (s)", *summary("step_time_median_s")],
     ]
     first, last = ({r["seed"]: r.get("time_to_target_s") for r in c} for c in (runs[0], runs[-1]))
     pairs = paired(*({k: v for k, v in side.items() if v is not None} for side in (first, last)))
     blank = [""] * (len(runs) - 1)
     if pairs:
-        lines.append(
-            row("time ratio to the first column, by seed", [*blank, ", ".join(f"{b / a:.3f}" for a, b in pairs)])
-        )
+        rows.append(["time ratio to the first column, by seed", *blank, ", ".join(f"{b / a:.3f}" for a, b in pairs)])
     missed = [str(seed) for seed, t in last.items() if t is None]
     if missed:
-        lines.append(row("did not reach the target", [*blank, f"seeds {', '.join(missed)}"]))
+        rows.append(["did not reach the target", *blank, f"seeds {', '.join(missed)}"])
+    lines.append(markdown_table(["", *columns], rows))
     return "\n".join([*lines, "", *notes]) + "\n"
 
 

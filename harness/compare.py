@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import profiles
+from harness.markdown import markdown_table
 from harness.plugins import SubmissionError, load_submission
 from harness.record import Record, RecordError
 from harness.referee import judge
@@ -309,18 +310,14 @@ def headline(rows: list[Row]) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    lines = [
-        "| metric | better | A mean | B mean | B - A [95% CI] | B / A [95% CI] | p | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["metric", "better", "A mean", "B mean", "B - A [95% CI]", "B / A [95% CI]", "p", "verdict"]
+    cells = []
     for row in rows:
         c = row.comparison
-        lines.append(
-            f"| {row.metric} | {row.better} | {_num(c.mean_b)} | {_num(c.mean_a)} | "
-            f"{_num(c.diff)} {_interval(c.diff_ci_low, c.diff_ci_high)} | "
-            f"{_num(c.ratio)} {_interval(c.ratio_ci_low, c.ratio_ci_high)} | {_p(c.p_value)} | {row.verdict} |"
-        )
-    return "\n".join(lines)
+        diff = f"{_num(c.diff)} {_interval(c.diff_ci_low, c.diff_ci_high)}"
+        ratio = f"{_num(c.ratio)} {_interval(c.ratio_ci_low, c.ratio_ci_high)}"
+        cells.append([row.metric, row.better, _num(c.mean_b), _num(c.mean_a), diff, ratio, _p(c.p_value), row.verdict])
+    return markdown_table(header, cells)
 
 
 def eligibility(records: list[Record]) -> str:
@@ -349,8 +346,8 @@ def render_markdown(meta: dict, per_depth: dict, transfers: list[Transfer]) -> s
     for depth, rows in per_depth.items():
         out += ["", f"## Depth {depth}", "", headline(rows), "", table(rows)]
     if transfers:
-        out += ["", "## Depth transfer", "", "| metric | verdict | per depth |", "|---|---|---|"]
-        out += [f"| {t.metric} | **{t.verdict}** | {t.reason} |" for t in transfers]
+        rows = [[t.metric, f"**{t.verdict}**", t.reason] for t in transfers]
+        out += ["", "## Depth transfer", "", markdown_table(["metric", "verdict", "per depth"], rows)]
     return "\n".join(out) + "\n"
 
 

@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 from harness.fileio import sha256_bytes
+from harness.markdown import markdown_table
 from harness.record import Record, RecordError, Submission
 from harness.run import parse_args
 
@@ -212,10 +213,8 @@ def compare(old: Record, new: Record) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| what | recorded | replayed | rule | ok |", "|---|---|---|---|---|"]
-    lines += [f"| {r['what']} | {r['recorded']} | {r['replayed']} | {r['rule']} | {'yes' if r['ok'] else 'NO'} |"
-              for r in rows]  # fmt: skip
-    return "\n".join(lines)
+    cells = [[r["what"], r["recorded"], r["replayed"], r["rule"], "yes" if r["ok"] else "NO"] for r in rows]
+    return markdown_table(["what", "recorded", "replayed", "rule", "ok"], cells)
 
 
 def main(argv: list[str] | None = None) -> int:

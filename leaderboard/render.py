@@ -24,6 +24,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from harness import referee, stats
+from harness.markdown import markdown_table
 from leaderboard.store import PACKAGE_DIR, TRACK_DIRS, Entry, LeaderboardError, record_track_checks
 
 REFERENCE_PATH = PACKAGE_DIR / "reference.json"
@@ -227,10 +228,8 @@ def dev_frame(judged: list[Judged], markdown: bool = True) -> pd.DataFrame:
 
 def markdown(df: pd.DataFrame) -> str:
     """A GitHub markdown table of ``df``, whose cells are markdown already (user text escaped with ``md``, so no
-    text splits a row or a cell). pandas' to_markdown would need the tabulate package."""
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    text splits a row or a cell); pandas' own to_markdown would need the tabulate package."""
+    return markdown_table(list(df.columns), df.itertuples(index=False)) + "\n"
 
 
 def replace_between(text: str, marker: str, content: str, path: Path) -> str:

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("harness", "evals", "baselines", "submissions", "leaderboard")
 LAYERS = (
-    ("files", ("harness.fileio", "harness.flops")),
+    ("files", ("harness.fileio", "harness.flops", "harness.markdown")),
     ("data", ("harness.data", "harness.tokenizer", "harness.loader")),
     ("evals", ("evals",)),
     ("harness", ("harness",)),
