@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from harness.fileio import atomic_write_json, sha256_file, temp_dir
+from harness.fileio import atomic_write_json, read_json, sha256_file, temp_dir
 
 MODEL_DIR = "model"
 PROGRAM_FILE = "model.pt2"
@@ -61,11 +61,8 @@ def _read_dir(path: Path) -> dict:
         raise CheckpointError(f"no checkpoint folder at {path}; pass a run directory or its model/ folder")
     if not present:
         raise CheckpointError(f"{path} is not a complete checkpoint (no meta.json): it was cut short; ignore it")
-    try:
-        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{meta_path} is not UTF-8 JSON ({exc}): the checkpoint is damaged") from None
-    files = meta.get("files") if isinstance(meta, dict) else None
+    meta = read_json(meta_path, "the checkpoint is damaged", CheckpointError)
+    files = meta.get("files")
     if not isinstance(files, dict) or not all(
         isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..") and isinstance(digest, str)
         for name, digest in files.items()

@@ -52,7 +52,7 @@ from pathlib import Path
 from harness import profiles
 from harness.clock import read_events
 from harness.compare import ALPHA, RunSpec, harness_command, plan_runs
-from harness.fileio import atomic_write_json
+from harness.fileio import atomic_write_json, read_json
 from harness.markdown import markdown_table
 from harness.plugins import SubmissionError, describe_folder, locate_submission
 from harness.record import REPO_ROOT, Record, RecordError, Submission, harness_provenance
@@ -498,7 +498,8 @@ def load_baseline(path: Path, profile: profiles.Profile, submission: str | None)
             f"no baseline at {path}; measure one with python -m harness.ci {name} --profile {profile.name} "
             f"--update-baseline"
         )
-    baseline = json.loads(path.read_text(encoding="utf-8"))
+    baseline = read_json(path, f"measure it again with python -m harness.ci --profile {profile.name} --update-baseline",
+                         CIError)  # fmt: skip
     if baseline.get("schema") != BASELINE_SCHEMA:
         raise CIError(
             f"{path} has schema {baseline.get('schema')!r}, this harness reads {BASELINE_SCHEMA}: measure "

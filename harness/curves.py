@@ -23,13 +23,13 @@ Points whose value is not a finite number (a diverged run; null in strict JSON) 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from harness.clock import read_events
+from harness.fileio import read_json
 
 
 class Point(NamedTuple):
@@ -137,11 +137,7 @@ def read_run_curves(run_dir: str | Path, label: str | None = None) -> RunCurves:
         raise CurvesError(f"{e}; the log is damaged") from None
     record = None
     if record_path.is_file():
-        try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CurvesError(f"{record_path}: not UTF-8 JSON ({e}); the record is damaged") from None
-        record = record if isinstance(record, dict) else None
+        record = read_json(record_path, "the record is damaged", CurvesError)
     return run_curves(record, events, label if label is not None else run_dir.name)
 
 

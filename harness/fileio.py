@@ -7,9 +7,10 @@ so a killed process never leaves a half-written file under the final name. The t
 file is 0644 under umask 0022, not the 0600 of ``tempfile.mkstemp``.
 
 Every JSON file is strict JSON (``strict_json``): NaN and infinities, which Python's ``json`` writes but
-browsers and most parsers reject, are written as null and listed under a ``non_finite`` note. Every JSON file
-the project reads back (manifests, locks, the bundle's first-seen digests, records, leaderboard entries) goes
-through ``read_json``, which names the file, what is wrong with it and how to fix it, in the caller's error type.
+browsers and most parsers reject, are written as null and listed under a ``non_finite`` note. The JSON files a
+person can edit or damage (manifests, locks, the bundle's first-seen digests, records, checkpoint metadata, the
+CI baseline, leaderboard entries and pins) are read with ``read_json``, which names the file, what is wrong with
+it and how to fix it, in the caller's error type.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
 CHUNK = 1 << 20
+# JSON Schema counts 3.0 as an integer; a count or an index the harness reads must be a real int.
+StrictValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", lambda _, value: type(value) is int),
+)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -142,17 +148,11 @@ def read_json(path: str | Path, fix: str, error: type[Exception] = ValueError, s
         raise error(f"{path} is not UTF-8 JSON ({exc}); {fix}") from None
     if not isinstance(data, dict):
         raise error(f"{path} holds a JSON {type(data).__name__}, expected an object; {fix}")
-    problem = best_match(_strict_validator(schema).iter_errors(data)) if schema is not None else None
+    problem = best_match(StrictValidator(schema).iter_errors(data)) if schema is not None else None
     if problem is not None:
         where = ".".join(str(p) for p in problem.absolute_path) or "the top level"
         raise error(f"{path}: '{where}': {problem.message:.200}; {fix}")
     return data
-
-
-def _strict_validator(schema: dict):
-    # JSON Schema counts 3.0 as an integer; a count or an index the harness reads must be a real int.
-    checker = Draft202012Validator.TYPE_CHECKER.redefine("integer", lambda _, value: type(value) is int)
-    return validators.extend(Draft202012Validator, type_checker=checker)(schema)
 
 
 def file_lock(path: str | Path, timeout: float = -1) -> FileLock:

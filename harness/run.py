@@ -40,7 +40,7 @@ from harness.channel import CLOSED, Channel
 from harness.clock import EventLog
 from harness.data import CATALOG, get_tokenizer, prepare_dataset, resolve_root
 from harness.evaluate import EvalProcess
-from harness.fileio import atomic_write_json, cache_dir, check_free_space, file_lock, sha256_file
+from harness.fileio import atomic_write_json, cache_dir, check_free_space, file_lock, read_json, sha256_file
 from harness.loader import validation_rows
 from harness.plugins import RunInterrupted, StopSignals, SubmissionError, describe_folder, locate_submission
 from harness.record import (
@@ -344,7 +344,7 @@ def resume_arguments(args: argparse.Namespace, argv: list[str]) -> tuple[argpars
     records = record_files(out)
     stored = None
     if records:
-        last = json.loads(records[-1].read_text())
+        last = read_json(records[-1], "the record is damaged; start a new run with another --out", UsageError)
         if last["status"] == "finished":
             raise UsageError(f"{records[-1]} is a finished run, and a finished record is never replaced; start "
                              f"a new run with another --out")  # fmt: skip

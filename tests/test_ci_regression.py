@@ -184,6 +184,11 @@ def test_a_missing_or_old_baseline_names_the_command_that_measures_one(env, tmp_
     old.write_text(json.dumps({"schema": 1, "machine": {"profile": "cpu"}}))
     proc = ci(["submissions/climbmix", "--profile", "cpu", "--baseline", str(old)], env)
     assert proc.returncode == 2 and "schema 1" in proc.stderr and "--update-baseline" in proc.stderr
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"schema": ')  # cut short
+    proc = ci(["submissions/climbmix", "--profile", "cpu", "--baseline", str(damaged)], env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "damaged.json is not UTF-8 JSON" in proc.stderr and "--update-baseline" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from helpers_browser import chart_data, open_page, points
 from PIL import Image
 
 from baselines.nanochat.schedule import lr_multiplier
-from harness.curves import read_run_curves, run_curves, thin
+from harness.curves import CurvesError, read_run_curves, run_curves, thin
 from harness.plot import main
 
 RUNS = Path(__file__).resolve().parent / "fixtures" / "runs"
@@ -98,6 +98,14 @@ def test_without_an_event_log_the_records_curves_are_used_without_times(tmp_path
     curves = read_run_curves(tmp_path)
     assert [[p.step, p.value] for p in curves.loss] == record_of(SHORT)["loss_curve"]
     assert {p.time_s for p in curves.loss} == {None} and len(curves.val_bpb) == 1
+
+
+def test_a_damaged_record_is_named_with_the_fix_and_plot_exits_2(tmp_path, capsys):
+    (tmp_path / "record.json").write_text("[1, 2]")  # a JSON list, not the record the harness writes
+    with pytest.raises(CurvesError, match=r"record.json holds a JSON list, expected an object; the record is damaged"):
+        read_run_curves(tmp_path)
+    assert main([str(tmp_path)]) == 2
+    assert "the record is damaged" in capsys.readouterr().err
 
 
 def test_non_finite_losses_are_left_out_and_long_logs_thinned_keeping_both_ends():

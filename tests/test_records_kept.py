@@ -85,6 +85,17 @@ def test_resuming_a_finished_run_is_refused_and_its_record_is_untouched(checkpoi
     assert (out / "record.json").read_bytes() == before and record_files(out) == [out / "record.json"]
 
 
+def test_resuming_a_run_whose_record_is_damaged_is_refused_naming_the_file_and_the_fix(tmp_path, harness_env):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "record.json").write_text('{"status": "interr')  # cut short, or edited by hand
+    again = harness(["submissions/climbmix", "--out", str(out), "--resume"], harness_env, timeout=120)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"{out / 'record.json'} is not UTF-8 JSON" in again.stderr
+    assert "the record is damaged; start a new run with another --out" in again.stderr
+    assert (out / "record.json").read_text() == '{"status": "interr'  # left as it was, for the user to look at
+
+
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory, harness_env) -> Path:
     """A run stopped by SIGTERM after a checkpoint: the start of every resume below (copied per test)."""
